@@ -1,0 +1,364 @@
+"""`PacketCache`: a `transformers.DynamicCache` composed from a preamble and stored packets.
+
+Layout of one row (slots = positions, contiguous from 0)::
+
+    [ preamble | packet 1 | packet 2 | ... | packet N ] [ query ... generated ]
+      block 0    block 1    block 2          block N     sees everything
+
+Each packet was encoded alone at position 0; composing copies it to its offset and re-rotates its keys by that
+offset (once, in float64 angles). The query is then prefilled by `generate()` on top of the composed cache: no document
+token is recomputed. A batch may give every row its own packets: rows are left-padded to a common length and the
+padding is masked out through the attention mask returned by `inputs_for` (the standard left-padding convention of
+transformers, so positions stay contiguous inside each row).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Sequence, Union
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+from .adapter import NO_ADAPTER, PacketAdapter, adapter_fingerprint
+from .compat import cache_kwargs
+from .errors import (
+    CacheReuseError,
+    ContextTooLongError,
+    EmptyQueryError,
+    FingerprintMismatchError,
+    KVPacketError,
+)
+from .fingerprint import FORMAT_VERSION, model_fingerprint
+from .packet import Packet, encode_preamble
+from .rope import decoder_layers, get_rerotator
+
+Item = Union[Packet, str]
+
+
+def _layer_devices(model: nn.Module) -> list[torch.device]:
+    devices = []
+    for layer in decoder_layers(model):
+        p = next(layer.parameters(), None)
+        devices.append(p.device if p is not None else model.get_input_embeddings().weight.device)
+    return devices
+
+
+def _fill_layer(layer: Any, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Put composed states into an empty cache layer without a second copy (what `update` would store)."""
+    if isinstance(layer, DynamicSlidingWindowLayer):
+        layer.lazy_initialization(keys, values)
+        layer.cumulative_length = keys.shape[-2]
+        layer.keys = keys[:, :, -layer.sliding_window + 1 :, :]
+        layer.values = values[:, :, -layer.sliding_window + 1 :, :]
+    elif type(layer) is DynamicLayer:
+        layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = keys, values
+    else:
+        raise KVPacketError(
+            f"PacketCache cannot fill cache layers of type {type(layer).__name__}; only dynamic full and "
+            "sliding-window layers are supported."
+        )
+
+
+class PacketCache(DynamicCache):
+    """A `DynamicCache` pre-filled with a preamble and packets at consecutive offsets, ready for one `generate()`.
+
+    Build it with `PacketCache.from_packets`, then pass `**cache.inputs_for(question)` to `model.generate`. The cache
+    is handed over under the name the installed transformers expects (`cache=` from 5.24, `past_key_values=` before).
+    `generate()` grows a cache in place, so a `PacketCache` serves exactly one call: build a fresh one per call
+    (packets themselves are immutable and reused).
+
+    Example
+    -------
+    >>> packets = store.get_many(documents)                     # encoded once, reused forever
+    >>> cache = PacketCache.from_packets(packets, model=model, tokenizer=tok, preamble=system_prompt)
+    >>> out = model.generate(**cache.inputs_for("Who founded the company?"), max_new_tokens=32)
+
+    A batch with its own packets per row: `PacketCache.from_packets([[p1, p2], [p3]], model=model, ...)`, then
+    `cache.inputs_for(["question 1", "question 2"])`.
+    """
+
+    def __init__(self, config: Any = None, **kwargs: Any):
+        super().__init__(config=config, **kwargs)
+        self.composed_length = 0
+        self.row_lengths: list[int] = []
+        self.adapter_fingerprint = NO_ADAPTER
+        self.model_fingerprint = ""
+        self.single_use = True
+        self._prefilled = False
+        self._tokenizer = None
+        self._model_ref = None
+        self._max_positions: int | None = None
+
+    # ------------------------------------------------------------------ composition
+    @classmethod
+    def from_packets(
+        cls,
+        packets: Sequence[Item] | Sequence[Sequence[Item]],
+        model: nn.Module,
+        tokenizer: Any = None,
+        preamble: str | Sequence[int] | Packet | None = None,
+        adapter: PacketAdapter | None = None,
+        single_use: bool = True,
+    ) -> "PacketCache":
+        """Compose `preamble + packets` for one row, or one list of packets per row for a batch.
+
+        Parameters
+        ----------
+        packets:
+            Packets (from `PacketStore.get_many` or `encode_packets`) laid one after another. In a single row, a `str`
+            item is a plain-text segment, encoded normally in place (it attends to everything before it).
+        model:
+            The model the packets were made with (checked by fingerprint).
+        tokenizer:
+            Needed for `str` preambles, segments and queries.
+        preamble:
+            System prompt / chat header before the documents, encoded unwrapped (text, token ids or a `Packet` from
+            `encode_preamble`, which saves re-encoding it every call). Shared by all rows.
+        adapter:
+            When given, every packet must have been encoded with exactly this adapter.
+        single_use:
+            Refuse a second prefill on this cache (the usual mistake of passing one cache to two `generate()` calls).
+            Set `False` for assisted/speculative decoding, which prefills several tokens at a time.
+        """
+        batched = len(packets) > 0 and not isinstance(packets[0], (Packet, str))
+        rows: list[list[Item]] = [list(r) for r in packets] if batched else [list(packets)]
+        if not rows:
+            raise KVPacketError("from_packets needs at least one row.")
+        cache = cls(config=model.config)
+        cache.single_use = single_use
+        cache._tokenizer = tokenizer
+        cache._model_ref = weakref.ref(model)
+        rerotator = get_rerotator(model)
+        cache._max_positions = rerotator.max_position_embeddings
+        cache.model_fingerprint = model_fingerprint(model)
+        pre = cache._preamble_packet(model, preamble)
+        has_segments = any(isinstance(item, str) for row in rows for item in row)
+        if has_segments and len(rows) > 1:
+            raise KVPacketError(
+                "Plain-text segments between packets are supported for a single row only; in a batch, put the text in "
+                "the preamble or the query, or encode it as a packet."
+            )
+        adapter_fps = {p.adapter_fingerprint for row in rows for p in row if isinstance(p, Packet)}
+        cache._check_packets([p for row in rows for p in row if isinstance(p, Packet)] + ([pre] if pre else []),
+                             adapter, adapter_fps)
+        cache.adapter_fingerprint = next(iter(adapter_fps)) if adapter_fps else NO_ADAPTER
+        if has_segments:
+            cache._compose_with_segments(model, rerotator, pre, rows[0])
+        else:
+            cache._compose_rows(model, rerotator, [([pre] if pre else []) + row for row in rows])
+        if cache._max_positions is not None and cache.composed_length > cache._max_positions:
+            raise ContextTooLongError(
+                f"Preamble + packets take {cache.composed_length} positions, more than the model's "
+                f"max_position_embeddings={cache._max_positions}. Use fewer or shorter documents."
+            )
+        return cache
+
+    def _preamble_packet(self, model: nn.Module, preamble: Any) -> Packet | None:
+        if preamble is None or isinstance(preamble, Packet):
+            return preamble
+        ids = self._tokenize(preamble, add_special_tokens=True) if isinstance(preamble, str) else list(preamble)
+        return encode_preamble(model, ids) if ids else None
+
+    def _tokenize(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        if self._tokenizer is None:
+            raise KVPacketError("Pass `tokenizer=` to PacketCache.from_packets to use text preambles, segments or queries.")
+        return self._tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+
+    def _check_packets(self, packets: list[Packet], adapter: PacketAdapter | None, adapter_fps: set[str]) -> None:
+        for p in packets:
+            if p.format_version != FORMAT_VERSION:
+                raise FingerprintMismatchError(
+                    f"Packet format version {p.format_version} differs from this library's {FORMAT_VERSION}; "
+                    "re-encode the documents (a PacketStore does so automatically)."
+                )
+            if p.model_fingerprint != self.model_fingerprint:
+                raise FingerprintMismatchError(
+                    f"A packet was encoded with another model (fingerprint {p.model_fingerprint}, this model is "
+                    f"{self.model_fingerprint}): other weights, revision, fine-tune or dtype. Re-encode it with this "
+                    "model (PacketStore keys include the fingerprint, so a store does this for you)."
+                )
+        if len(adapter_fps) > 1:
+            raise FingerprintMismatchError(
+                f"Packets encoded with {len(adapter_fps)} different adapters cannot be mixed in one cache: "
+                f"{sorted(adapter_fps)}. Encode every document with the same adapter."
+            )
+        if adapter is not None and adapter_fps and adapter_fps != {adapter_fingerprint(adapter)}:
+            raise FingerprintMismatchError(
+                f"Packets were encoded with adapter {sorted(adapter_fps)} but adapter {adapter.fingerprint} was given. "
+                "Re-encode them with this adapter (or drop `adapter=`)."
+            )
+
+    def _compose_rows(self, model: nn.Module, rerotator, rows: list[list[Packet]]) -> None:
+        """One concatenation and one in-place rotation per layer for all packets of all rows."""
+        lengths = [sum(p.length for p in row) for row in rows]
+        width = max(lengths)
+        if width == 0:
+            raise KVPacketError("Nothing to compose: give a preamble or at least one packet.")
+        batch = len(rows)
+        # Per-slot rotation delta = the offset of the slot's packet (0 for the preamble and for padding).
+        deltas = torch.zeros(batch, width, dtype=torch.long)
+        for r, row in enumerate(rows):
+            offset, slot = 0, width - lengths[r]
+            for p in row:
+                deltas[r, slot : slot + p.length] = offset
+                offset += p.length
+                slot += p.length
+        uniform = bool((deltas == deltas[:1]).all())
+        deltas_arg = deltas[0] if uniform else deltas
+        devices = _layer_devices(model)
+        tables: dict = {}
+        num_layers = next(p for row in rows for p in row).num_layers
+        for layer_idx in range(num_layers):
+            dev = devices[layer_idx]
+            k, v = [], []
+            for kind, out in (("keys", k), ("values", v)):
+                if batch == 1:
+                    parts = [getattr(p, kind)[layer_idx] for p in rows[0]]
+                    out.append(torch.cat([t.to(dev, non_blocking=True) for t in parts], dim=-2).unsqueeze(0))
+                else:
+                    ref = getattr(next(p for row in rows for p in row), kind)[layer_idx]
+                    buf = ref.new_zeros((batch, ref.shape[0], width, ref.shape[-1]), device=dev)
+                    for r, row in enumerate(rows):
+                        if row:
+                            parts = [getattr(p, kind)[layer_idx].to(dev, non_blocking=True) for p in row]
+                            buf[r, :, width - lengths[r] :] = torch.cat(parts, dim=-2)
+                    out.append(buf)
+            keys, values = k[0], v[0]
+            rerotator.rotate_(keys, deltas_arg, layer_idx, tables)
+            _fill_layer(self.layers[layer_idx], keys, values)
+        self.composed_length = width
+        self.row_lengths = lengths
+
+    def _compose_with_segments(self, model: nn.Module, rerotator, pre: Packet | None, row: list[Item]) -> None:
+        """Single row with text segments: packets are stitched, each segment is prefilled in place on top."""
+        tmp_rows: list[Packet] = [pre] if pre else []
+        done = 0  # positions already in the cache
+        for i, item in enumerate(row + [None]):
+            if isinstance(item, Packet):
+                tmp_rows.append(item)
+                continue
+            if tmp_rows:
+                self._append_packets(model, rerotator, tmp_rows, start=done)
+                done += sum(p.length for p in tmp_rows)
+                tmp_rows = []
+            if isinstance(item, str):
+                ids = self._tokenize(item)
+                if not ids:
+                    continue
+                device = model.get_input_embeddings().weight.device
+                pos = torch.arange(done, done + len(ids), device=device).unsqueeze(0)
+                with torch.no_grad():
+                    model(input_ids=torch.tensor([ids], device=device), position_ids=pos, use_cache=True,
+                          logits_to_keep=1, **cache_kwargs(self))
+                done += len(ids)
+        self.composed_length = done
+        self.row_lengths = [done]
+        self._prefilled = False  # segment prefills are part of composition, not a generate() call
+
+    def _append_packets(self, model: nn.Module, rerotator, packets: list[Packet], start: int) -> None:
+        lengths = [p.length for p in packets]
+        offsets = torch.tensor([start] + lengths[:-1]).cumsum(0)
+        deltas = torch.repeat_interleave(offsets, torch.tensor(lengths))
+        devices = _layer_devices(model)
+        tables: dict = {}
+        for layer_idx in range(packets[0].num_layers):
+            dev = devices[layer_idx]
+            keys = torch.cat([p.keys[layer_idx].to(dev) for p in packets], dim=-2).unsqueeze(0)
+            values = torch.cat([p.values[layer_idx].to(dev) for p in packets], dim=-2).unsqueeze(0)
+            rerotator.rotate_(keys, deltas, layer_idx, tables)
+            layer = self.layers[layer_idx]
+            if layer.is_initialized and layer.get_seq_length() > 0:
+                layer.update(keys, values)
+            else:
+                _fill_layer(layer, keys, values)
+
+    # ------------------------------------------------------------------ generate() hand-over
+    def inputs_for(
+        self, query: str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor,
+        add_special_tokens: bool = False,
+    ) -> dict[str, Any]:
+        """Keyword arguments for `model.generate(**kwargs)` (or a forward): the query tokens, the attention mask over
+        cache + query, explicit position ids, and this cache under the installed transformers' argument name.
+
+        `query` is text (needs `tokenizer=`), token ids, or one of those per row. Queries of different lengths in a
+        batch are left-padded; the padding is masked out.
+        """
+        if self._prefilled:
+            raise CacheReuseError(
+                "This PacketCache was already used by a generate() call, which grew it in place. Build a fresh one "
+                "with PacketCache.from_packets(...) per call; packets are reused, composition is cheap."
+            )
+        batch = len(self.row_lengths)
+        if isinstance(query, torch.Tensor):
+            queries = [q.tolist() for q in (query if query.dim() == 2 else query.unsqueeze(0))]
+        elif isinstance(query, str):
+            queries = [self._tokenize(query, add_special_tokens)]
+        elif len(query) > 0 and isinstance(query[0], str):
+            queries = [self._tokenize(q, add_special_tokens) for q in query]
+        elif len(query) > 0 and not isinstance(query[0], int):
+            queries = [list(q) for q in query]
+        else:
+            queries = [list(query)]
+        if len(queries) == 1 and batch > 1:
+            queries = queries * batch
+        if len(queries) != batch:
+            raise KVPacketError(f"{len(queries)} queries for a cache of {batch} rows.")
+        if any(len(q) == 0 for q in queries):
+            raise EmptyQueryError(
+                "The query is empty: generate() needs at least one real new token after the cache (e.g. the question "
+                "or the assistant turn header). Dummy tokens would be attended to and change the answer."
+            )
+        qmax = max(len(q) for q in queries)
+        if self._max_positions is not None and max(self.row_lengths) + qmax > self._max_positions:
+            raise ContextTooLongError(
+                f"Cache ({max(self.row_lengths)}) + query ({qmax}) exceed max_position_embeddings={self._max_positions}."
+            )
+        if len(set(len(q) for q in queries)) > 1 and any(getattr(layer, "is_sliding", False) for layer in self.layers):
+            raise KVPacketError(
+                "Queries of different lengths in one batch would put padding inside the sliding window of this "
+                "model's sliding-window layers. Give queries of equal length (e.g. tokenize with padding to a common "
+                "length and pass the token ids with real tokens only), or run the rows separately."
+            )
+        model = self._model_ref() if self._model_ref is not None else None
+        device = model.get_input_embeddings().weight.device if model is not None else torch.device("cpu")
+        pad_id = 0
+        if self._tokenizer is not None and getattr(self._tokenizer, "pad_token_id", None) is not None:
+            pad_id = self._tokenizer.pad_token_id
+        input_ids = torch.full((batch, qmax), pad_id, dtype=torch.long)
+        attention = torch.zeros(batch, self.composed_length + qmax, dtype=torch.long)
+        positions = torch.zeros(batch, qmax, dtype=torch.long)
+        for r, q in enumerate(queries):
+            n = len(q)
+            input_ids[r, qmax - n :] = torch.tensor(q)
+            attention[r, self.composed_length - self.row_lengths[r] : self.composed_length] = 1
+            attention[r, self.composed_length + qmax - n :] = 1
+            positions[r, qmax - n :] = torch.arange(self.row_lengths[r], self.row_lengths[r] + n)
+        return {
+            "input_ids": input_ids.to(device),
+            "attention_mask": attention.to(device),
+            "position_ids": positions.to(device),
+            **cache_kwargs(self),
+        }
+
+    # ------------------------------------------------------------------ cache contract
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        layer = self.layers[layer_idx] if layer_idx < len(self.layers) else None
+        if layer_idx == 0 and key_states.shape[-2] > 1:
+            if self._prefilled and self.single_use:
+                raise CacheReuseError(
+                    "A second prefill reached this PacketCache: it was already used by a generate() call, which grew "
+                    "it in place. Build a fresh PacketCache per call (or pass single_use=False for assisted decoding)."
+                )
+            self._prefilled = True
+        if layer is not None and layer.is_initialized and layer.keys.shape[0] != key_states.shape[0]:
+            stored, incoming = layer.keys.shape[0], key_states.shape[0]
+            if incoming % stored:
+                raise KVPacketError(f"Batch of {incoming} rows does not fit a PacketCache of {stored} rows.")
+            # generate() expands inputs for beams / num_return_sequences but not a pre-filled cache: compose once,
+            # repeat here.
+            layer.batch_repeat_interleave(incoming // stored)
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)

