@@ -33,6 +33,7 @@ from .fingerprint import model_fingerprint
 from .masks import block_attention_mask, model_attention_mask
 from .packet import Packet, encode_packets, encode_preamble
 from .rope import Rerotator, get_rerotator
+from .store import PacketStore, StoreStats, load_packet, save_packet
 
 __all__ = [
     "__version__",
@@ -45,6 +46,10 @@ __all__ = [
     "adapter_fingerprint",
     "model_fingerprint",
     "Rerotator",
+    "PacketStore",
+    "StoreStats",
+    "load_packet",
+    "save_packet",
     "get_rerotator",
     "block_attention_mask",
     "model_attention_mask",

@@ -83,13 +83,14 @@ def features() -> "datasets.Features":
     import datasets
 
     string = datasets.Value("string")
+    list_of = getattr(datasets, "List", datasets.Sequence)  # `List` since datasets 4, `Sequence` before
     return datasets.Features(
         {
             "id": string,
             "task": string,
-            "documents": datasets.List(string),
+            "documents": list_of(string),
             "question": string,
-            "answers": datasets.List(string),
+            "answers": list_of(string),
             "source_index": datasets.Value("int64"),
         }
     )

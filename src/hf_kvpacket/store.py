@@ -1,0 +1,286 @@
+"""`PacketStore`: content-addressed packets on disk (safetensors), with a byte-bounded in-memory LRU.
+
+Layout: `<root>/<key[:2]>/<key>.safetensors`, where `key = sha256(format version, model fingerprint, adapter
+fingerprint, token ids)`. A different model, fine-tune, dtype or adapter therefore never hits another's packets.
+Each file holds `k.<layer>` / `v.<layer>` tensors and the token ids, plus string metadata (fingerprints, header and
+trailer lengths, a CRC32 of every tensor byte). Writes go to a temporary file in the same folder, then `os.replace`:
+a crash or two concurrent writers of one key leave either no file or one complete, valid file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+import zlib
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .adapter import PacketAdapter, adapter_fingerprint
+from .errors import KVPacketError, PacketStoreError
+from .fingerprint import FORMAT_VERSION, model_fingerprint
+from .packet import Packet, encode_packets
+
+
+@dataclass
+class StoreStats:
+    """Counters of a store (cumulative) or of one `get_many` call (`PacketStore.last_call`)."""
+
+    memory_hits: int = 0
+    disk_hits: int = 0
+    misses: int = 0
+    bytes_loaded: int = 0
+    bytes_encoded: int = 0
+    load_seconds: float = 0.0
+    encode_seconds: float = 0.0
+    evictions: int = 0
+
+    @property
+    def hits(self) -> int:
+        return self.memory_hits + self.disk_hits
+
+    def add(self, other: "StoreStats") -> None:
+        for k, v in asdict(other).items():
+            setattr(self, k, getattr(self, k) + v)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "hits": self.hits}
+
+    def __str__(self) -> str:
+        return (f"hits={self.hits} (memory {self.memory_hits}, disk {self.disk_hits}) misses={self.misses} "
+                f"loaded={self.bytes_loaded / 2**20:.1f} MiB in {self.load_seconds:.3f}s "
+                f"encoded={self.bytes_encoded / 2**20:.1f} MiB in {self.encode_seconds:.3f}s")
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    crc = 0
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        crc = zlib.crc32(name.encode(), crc)
+        crc = zlib.crc32(t.reshape(-1).view(torch.uint8).numpy().data, crc) if t.numel() else crc
+    return f"{crc:08x}"
+
+
+def save_packet(packet: Packet, path: str | os.PathLike) -> int:
+    """Write one packet atomically (temporary file + rename). Returns the file size in bytes."""
+    tensors: dict[str, torch.Tensor] = {}
+    for i, (k, v) in enumerate(zip(packet.keys, packet.values)):
+        tensors[f"k.{i}"] = k.detach().to("cpu").contiguous()
+        tensors[f"v.{i}"] = v.detach().to("cpu").contiguous()
+    tensors["token_ids"] = torch.tensor(packet.token_ids, dtype=torch.int64)
+    meta = {
+        "format_version": packet.format_version,
+        "model_fingerprint": packet.model_fingerprint,
+        "adapter_fingerprint": packet.adapter_fingerprint,
+        "num_header_tokens": str(packet.num_header_tokens),
+        "num_trailer_tokens": str(packet.num_trailer_tokens),
+        "num_layers": str(packet.num_layers),
+        "checksum": _checksum(tensors),
+    }
+    folder = os.path.dirname(os.fspath(path)) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".safetensors.tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return os.path.getsize(path)
+
+
+def load_packet(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    expect: dict[str, str] | None = None,
+    token_ids: Sequence[int] | None = None,
+) -> Packet:
+    """Read and verify one packet file; `PacketStoreError` names the file and what is wrong with it."""
+    path = os.fspath(path)
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as e:  # safetensors raises several types for truncated/garbled files
+        raise PacketStoreError(f"{path}: unreadable packet file ({e}). Delete it; it will be re-encoded.") from e
+    try:
+        n = int(meta["num_layers"])
+        if meta.get("checksum") != _checksum(tensors):
+            raise PacketStoreError(f"{path}: checksum mismatch (corrupted on disk). Delete it; it will be re-encoded.")
+        for key, want in (expect or {}).items():
+            if meta.get(key) != want:
+                raise PacketStoreError(f"{path}: {key} is {meta.get(key)!r}, expected {want!r}. Delete the file.")
+        ids = tuple(tensors["token_ids"].tolist())
+        if token_ids is not None and ids != tuple(token_ids):
+            raise PacketStoreError(f"{path}: holds other tokens than its key says (hash collision or tampering).")
+        keys = tuple(tensors[f"k.{i}"].to(device) for i in range(n))
+        values = tuple(tensors[f"v.{i}"].to(device) for i in range(n))
+        return Packet(keys, values, ids, meta["model_fingerprint"], meta["adapter_fingerprint"],
+                      int(meta["num_header_tokens"]), int(meta["num_trailer_tokens"]), meta["format_version"])
+    except PacketStoreError:
+        raise
+    except (KeyError, ValueError, KVPacketError) as e:
+        raise PacketStoreError(f"{path}: malformed packet file ({e!r}). Delete it; it will be re-encoded.") from e
+
+
+class PacketStore:
+    """Encode documents once, reuse their packets forever.
+
+    Parameters
+    ----------
+    root:
+        Folder of the store (created if missing). Several processes may share it.
+    model, tokenizer:
+        The model packets are encoded with, and its tokenizer (documents are tokenized without special tokens).
+    adapter:
+        Header/trailer adapter; `None` stores plain packets (the no-recompute baseline).
+    max_memory_bytes:
+        Budget of the in-memory LRU (packets kept on `device`); `0` disables it.
+    device:
+        Where loaded packets live (default: the model's embedding device).
+
+    Example
+    -------
+    >>> store = PacketStore("packets/", model, tok, adapter)
+    >>> packets = store.get_many(["doc one ...", "doc two ..."])   # encodes misses in one batch, loads hits
+    >>> print(store.stats)                                           # hits / misses / bytes / seconds
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        model: nn.Module,
+        tokenizer: Any,
+        adapter: PacketAdapter | None = None,
+        max_memory_bytes: int = 2 * 2**30,
+        device: str | torch.device | None = None,
+        batch_size: int = 8,
+    ):
+        self.root = os.fspath(root)
+        os.makedirs(self.root, exist_ok=True)
+        self.model, self.tokenizer, self.adapter = model, tokenizer, adapter
+        self.max_memory_bytes = max_memory_bytes
+        self.device = device if device is not None else model.get_input_embeddings().weight.device
+        self.batch_size = batch_size
+        self.model_fingerprint = model_fingerprint(model)
+        self.adapter_fingerprint = adapter_fingerprint(adapter)
+        self._lru: OrderedDict[str, Packet] = OrderedDict()
+        self._lru_bytes = 0
+        self._pinned: set[str] = set()
+        self.stats = StoreStats()
+        self.last_call = StoreStats()
+
+    # ------------------------------------------------------------------ keys
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def key(self, token_ids: Sequence[int]) -> str:
+        h = hashlib.sha256(f"{FORMAT_VERSION}|{self.model_fingerprint}|{self.adapter_fingerprint}|".encode())
+        h.update(torch.tensor(list(token_ids), dtype=torch.int64).numpy().tobytes())
+        return h.hexdigest()
+
+    def path(self, key: str) -> str:
+        return os.path.join(self.root, key[:2], f"{key}.safetensors")
+
+    def __contains__(self, document: str | Sequence[int]) -> bool:
+        ids = self.tokenize(document) if isinstance(document, str) else document
+        k = self.key(ids)
+        return k in self._lru or os.path.exists(self.path(k))
+
+    # ------------------------------------------------------------------ access
+    def get(self, document: str | Sequence[int]) -> Packet:
+        return self.get_many([document])[0]
+
+    def get_many(self, documents: Sequence[str | Sequence[int]], progress: bool = True) -> list[Packet]:
+        """Packets for `documents` (texts or token ids), in order: memory and disk hits are loaded, misses encoded in
+        one batch and written. A corrupt entry raises `PacketStoreError` naming its file; other entries are unaffected.
+        """
+        call = StoreStats()
+        ids = [self.tokenize(d) if isinstance(d, str) else list(d) for d in documents]
+        keys = [self.key(t) for t in ids]
+        out: list[Packet | None] = [None] * len(ids)
+        missing: dict[str, list[int]] = {}
+        expect = {"model_fingerprint": self.model_fingerprint, "adapter_fingerprint": self.adapter_fingerprint,
+                  "format_version": FORMAT_VERSION}
+        for i, (k, t) in enumerate(zip(keys, ids)):
+            if k in self._lru:
+                self._lru.move_to_end(k)
+                out[i] = self._lru[k]
+                call.memory_hits += 1
+            elif k in missing:
+                missing[k].append(i)
+            elif os.path.exists(self.path(k)):
+                start = time.perf_counter()
+                packet = load_packet(self.path(k), self.device, expect, t)
+                call.load_seconds += time.perf_counter() - start
+                call.disk_hits += 1
+                call.bytes_loaded += packet.nbytes
+                out[i] = packet
+                self._remember(k, packet, call)
+            else:
+                missing[k] = [i]
+        if missing:
+            todo = list(missing)
+            start = time.perf_counter()
+            encoded = encode_packets(self.model, [ids[missing[k][0]] for k in todo], self.adapter,
+                                     batch_size=self.batch_size, progress=progress)
+            call.encode_seconds += time.perf_counter() - start
+            for k, packet in zip(todo, encoded):
+                save_packet(packet, self.path(k))
+                call.misses += 1
+                call.bytes_encoded += packet.nbytes
+                for i in missing[k]:
+                    out[i] = packet
+                self._remember(k, packet, call)
+        self.last_call = call
+        self.stats.add(call)
+        return out  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ memory LRU
+    def pin(self, document: str | Sequence[int]) -> None:
+        """Keep a hot document's packet in memory regardless of LRU pressure."""
+        ids = self.tokenize(document) if isinstance(document, str) else document
+        k = self.key(ids)
+        self.get_many([ids], progress=False)
+        self._pinned.add(k)
+
+    def unpin(self, document: str | Sequence[int]) -> None:
+        ids = self.tokenize(document) if isinstance(document, str) else document
+        self._pinned.discard(self.key(ids))
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._lru_bytes
+
+    def _remember(self, key: str, packet: Packet, call: StoreStats) -> None:
+        if self.max_memory_bytes <= 0:
+            return
+        self._lru[key] = packet
+        self._lru_bytes += packet.nbytes
+        for k in list(self._lru):
+            if self._lru_bytes <= self.max_memory_bytes:
+                break
+            if k in self._pinned or k == key:
+                continue
+            self._lru_bytes -= self._lru.pop(k).nbytes
+            call.evictions += 1
+
+    def clear_memory(self) -> None:
+        """Drop the in-memory LRU (pinned entries too); files stay."""
+        self._lru.clear()
+        self._lru_bytes = 0
+        self._pinned.clear()
+
+    def reset_stats(self) -> None:
+        self.stats = StoreStats()
+        self.last_call = StoreStats()

@@ -1,0 +1,98 @@
+"""PacketStore: content addressing, exact round trips, integrity checks, atomic concurrent writes, LRU, statistics."""
+
+import multiprocessing as mp
+import os
+
+import pytest
+import torch
+
+from hf_kvpacket import PacketAdapter, PacketStore, PacketStoreError, load_packet, save_packet
+from tiny_models import ToyTokenizer, build
+
+DOCS = ["alpha beta gamma delta", "the quick brown fox jumps over", "one two three four five six seven"]
+
+
+@pytest.fixture
+def model():
+    return build("llama")
+
+
+def test_round_trip_is_bit_exact(tmp_path, model):
+    store = PacketStore(tmp_path, model, ToyTokenizer(), max_memory_bytes=0)
+    first = store.get_many(DOCS, progress=False)
+    again = PacketStore(tmp_path, model, ToyTokenizer()).get_many(DOCS, progress=False)
+    for a, b in zip(first, again):
+        assert a.token_ids == b.token_ids and a.model_fingerprint == b.model_fingerprint
+        assert all(torch.equal(x, y) for x, y in zip(a.keys + a.values, b.keys + b.values))
+
+
+def test_hits_never_reencode(tmp_path, model, monkeypatch):
+    store = PacketStore(tmp_path, model, ToyTokenizer())
+    store.get_many(DOCS, progress=False)
+    assert (store.stats.misses, store.stats.hits) == (3, 0)
+    import hf_kvpacket.store as st
+    monkeypatch.setattr(st, "encode_packets", lambda *a, **k: pytest.fail("a hit re-encoded"))
+    store.get_many(DOCS, progress=False)
+    assert store.last_call.memory_hits == 3
+    fresh = PacketStore(tmp_path, model, ToyTokenizer())
+    fresh.get_many(DOCS + DOCS[:1], progress=False)
+    assert fresh.last_call.disk_hits == 3 and fresh.last_call.memory_hits == 1 and fresh.last_call.misses == 0
+    assert fresh.last_call.bytes_loaded > 0
+
+
+def test_key_covers_adapter_and_model(tmp_path, model):
+    tok = ToyTokenizer()
+    plain = PacketStore(tmp_path, model, tok)
+    wrapped = PacketStore(tmp_path, model, tok, PacketAdapter.for_model(model, 2, 2))
+    other = PacketStore(tmp_path, build("llama", seed=5), tok)
+    keys = {s.key(tok(DOCS[0])["input_ids"]) for s in (plain, wrapped, other)}
+    assert len(keys) == 3
+
+
+def test_corrupt_and_truncated_files_raise_and_others_work(tmp_path, model):
+    store = PacketStore(tmp_path, model, ToyTokenizer(), max_memory_bytes=0)
+    store.get_many(DOCS, progress=False)
+    tok = ToyTokenizer()
+    p0, p1 = (store.path(store.key(tok(d)["input_ids"])) for d in DOCS[:2])
+    with open(p0, "r+b") as f:  # flip bytes in the tensor data
+        f.seek(os.path.getsize(p0) - 20)
+        f.write(b"\x00\xff" * 8)
+    with open(p1, "r+b") as f:
+        f.truncate(os.path.getsize(p1) // 2)
+    with pytest.raises(PacketStoreError, match=os.path.basename(p0)):
+        store.get(DOCS[0])
+    with pytest.raises(PacketStoreError, match=os.path.basename(p1)):
+        store.get(DOCS[1])
+    assert store.get(DOCS[2]).token_ids == tuple(tok(DOCS[2])["input_ids"])
+
+
+def _writer(args):
+    path, seed, rounds = args
+    model = build("llama")
+    from hf_kvpacket import encode_packets
+    packet = encode_packets(model, [[1, 2, 3, 4, 5, 6, 7, 8] * 16], progress=False)[0]
+    for _ in range(rounds):
+        save_packet(packet, path)
+    return True
+
+
+def test_concurrent_writers_leave_one_valid_file(tmp_path):
+    path = str(tmp_path / "ab" / "key.safetensors")
+    with mp.get_context("spawn").Pool(2) as pool:
+        assert all(pool.map(_writer, [(path, 0, 20), (path, 1, 20)]))
+    packet = load_packet(path)
+    assert packet.length == 128
+    assert [f for f in os.listdir(tmp_path / "ab")] == ["key.safetensors"]  # no temporary files left
+
+
+def test_lru_is_byte_bounded_and_pins(tmp_path, model):
+    tok = ToyTokenizer()
+    probe = PacketStore(tmp_path, model, tok).get(DOCS[2])
+    store = PacketStore(tmp_path, model, tok, max_memory_bytes=int(probe.nbytes * 2.5))
+    store.pin(DOCS[0])
+    for i in range(6):
+        store.get(f"filler document number {i} " * 3)
+        assert store.memory_bytes <= store.max_memory_bytes or len(store._lru) <= 2
+    store.get(DOCS[0])
+    assert store.last_call.memory_hits == 1  # the pinned packet survived the flood
+    assert store.stats.evictions > 0
