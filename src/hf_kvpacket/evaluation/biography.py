@@ -136,7 +136,7 @@ UNIVERSITIES: tuple[str, ...] = (
     "Pinecrest University", "Queensmere College", "Ravenswood University", "Redfern Polytechnic",
     "Riverton University", "Rosemoor College", "Saltmarsh University", "Silverlake Institute",
     "Southwick University", "Stonebridge College", "Summerfield University", "Thornfield Institute",
-    "Upland State University", "Valemont University", "Westbrook Polytechnic", "Whitmore College",
+    "Upland State University", "Valemont University", "Westhaven Polytechnic", "Whitmore College",
     "Willowmere University", "Windham Institute", "Wolcott University", "Yarrow Point College",
     "Alderney University", "Blackthorn College", "Copperfield University", "Driftwood Institute",
     "Emberly University", "Falconridge College", "Goldcrest University", "Heatherton Institute",
@@ -144,7 +144,7 @@ UNIVERSITIES: tuple[str, ...] = (
 
 MAJORS: tuple[str, ...] = (
     "aerospace engineering", "anthropology", "applied mathematics", "archaeology", "architecture",
-    "art history", "astronomy", "biochemistry", "bioinformatics", "biomedical engineering", "botany",
+    "musicology", "astronomy", "genetics", "bioinformatics", "biomedical engineering", "botany",
     "chemical engineering", "chemistry", "civil engineering", "classics", "cognitive science",
     "comparative literature", "computer science", "criminology", "data science", "economics",
     "electrical engineering", "environmental science", "epidemiology", "film studies", "finance",
@@ -165,7 +165,7 @@ COMPANIES: tuple[str, ...] = (
     "Glasshouse Architects", "Granite Peak Construction", "Greenhollow Farms", "Halberd Defense",
     "Harborlight Hotels", "Helix Genomics", "Highmark Telecom", "Hollowbrook Brewing", "Indigo Fabrics",
     "Ironbark Tools", "Ivory Tower Consulting", "Jadeite Ceramics", "Juniper Health", "Keystone Rail",
-    "Kingfisher Airlines", "Lanternfish Marine", "Larkspur Audio", "Lodestar Navigation", "Lumen Circuits",
+    "Kingfisher Airlines", "Lanternfish Marine", "Lyrebird Audio", "Lodestar Navigation", "Lumen Circuits",
     "Maplecrest Bank", "Marigold Bakeries", "Meridian Water", "Mistral Motors", "Moonstone Jewelry",
     "Nettle & Finch Legal", "Nimbus Data", "Northstar Outfitters", "Oakmoss Perfumery", "Obsidian Forge",
     "Onyx Pharmaceuticals", "Orchid Bioscience", "Osprey Drones", "Palisade Capital", "Paragon Plastics",
@@ -176,20 +176,20 @@ COMPANIES: tuple[str, ...] = (
     "Tidewater Chemicals", "Topaz Electronics", "Trillium Learning", "Umber Coffee Roasters",
     "Vanguard Batteries", "Velvet Thread Apparel", "Verdant Agritech", "Vesper Lighting",
     "Whistler Instruments", "Wildflower Cosmetics", "Willowbank Insurance", "Windrose Shipping",
-    "Wolfram Steel", "Yellowstone Outdoor", "Zephyr Climate Systems", "Zinnia Toys",
+    "Wolfram Steel", "Yellowstone Outdoor", "Zephyr Climate Systems", "Zigzag Toys",
 )
 
 JOB_TITLES: tuple[str, ...] = (
-    "accountant", "actuary", "air traffic controller", "architect", "art director", "biostatistician",
-    "brand strategist", "chemist", "civil engineer", "compliance officer", "copy editor",
+    "accountant", "actuary", "air traffic controller", "interior designer", "art director", "biostatistician",
+    "brand strategist", "perfumer", "site engineer", "compliance officer", "copy editor",
     "data engineer", "dental hygienist", "electrician", "environmental consultant", "financial analyst",
-    "firmware engineer", "flight instructor", "geologist", "graphic designer", "hydrologist",
-    "industrial designer", "investment banker", "lab technician", "landscape architect", "librarian",
-    "logistics coordinator", "machine learning engineer", "marine surveyor", "mechanical engineer",
+    "firmware engineer", "flight instructor", "geologist", "illustrator", "hydrologist",
+    "furniture designer", "investment banker", "lab technician", "landscape architect", "librarian",
+    "logistics coordinator", "machine learning engineer", "marine surveyor", "maintenance engineer",
     "museum curator", "network administrator", "nurse practitioner", "operations manager", "paralegal",
     "pharmacist", "physical therapist", "product manager", "project manager", "quality inspector",
     "radiologist", "research scientist", "sales director", "sound engineer", "speech therapist",
-    "structural engineer", "surveyor", "systems analyst", "technical writer", "translator",
+    "structural engineer", "cartographer", "systems analyst", "technical writer", "translator",
     "urban planner", "user researcher", "veterinarian", "web developer",
 )
 
@@ -385,6 +385,54 @@ def _render_person(rng: random.Random, person: dict[str, Any], attributes: list[
     return " ".join(sentences)
 
 
+_VALUE_POOLS: dict[str, tuple[str, ...]] = {
+    "birth_city": CITIES,
+    "university": UNIVERSITIES,
+    "major": MAJORS,
+    "employer": COMPANIES,
+    "job_title": JOB_TITLES,
+    "hobby": HOBBIES,
+}
+
+
+def _draw_sample(
+    rng: random.Random, config: BiographyConfig, names: dict[str, tuple[str, ...]]
+) -> tuple[list[str], str, str]:
+    """Draw one sample: (documents, question, answer)."""
+    k = config.num_documents or rng.randint(config.min_documents, config.max_documents)
+    # Distinct first names and distinct last names: no two persons of a sample can be confused.
+    genders = [rng.choice(("male", "female")) for _ in range(k)]
+    chosen_first = {g: rng.sample(names[g], genders.count(g)) for g in ("male", "female")}
+    last = rng.sample(LAST_NAMES, k)
+    # Distinct values per attribute: the asked value identifies one person only.
+    values = {attribute: rng.sample(pool, k) for attribute, pool in _VALUE_POOLS.items()}
+    dates: list[str] = []
+    while len(dates) < k:
+        date = _random_date(rng)
+        if date not in dates:
+            dates.append(date)
+    values["birth_date"] = dates
+    persons = []
+    counters = {"male": 0, "female": 0}
+    for i, gender in enumerate(genders):
+        first = chosen_first[gender][counters[gender]]
+        counters[gender] += 1
+        person = {"first": first, "name": f"{first} {last[i]}", "gender": gender}
+        person.update({attribute: values[attribute][i] for attribute in ATTRIBUTES})
+        persons.append(person)
+    target = rng.randrange(k)
+    asked = rng.choice(ATTRIBUTES)
+    documents = []
+    for i, person in enumerate(persons):
+        count = rng.randint(config.min_attributes, config.max_attributes)
+        attributes = rng.sample(ATTRIBUTES, count)
+        if i == target and asked not in attributes:
+            attributes[rng.randrange(count)] = asked
+        documents.append(_render_person(rng, person, attributes))
+    question = rng.choice(_QUESTIONS[asked]).format(name=persons[target]["name"])
+    return documents, question, persons[target][asked]
+
+
 def generate_biography_rows(
     split: str = "eval", num_samples: int = 100, seed: int = 42, config: BiographyConfig | None = None
 ) -> list[Row]:
@@ -398,56 +446,24 @@ def generate_biography_rows(
     """
     check_split(split)
     config = config or BiographyConfig()
+    if num_samples is None:
+        raise ValueError(f"{TASK!r} is synthetic: pass num_samples (an int), not None.")
     num_samples = check_num_samples(num_samples, num_samples, TASK, split)
     rng = make_rng(TASK, split, seed)
-    pools = {
-        "birth_city": CITIES,
-        "university": UNIVERSITIES,
-        "major": MAJORS,
-        "employer": COMPANIES,
-        "job_title": JOB_TITLES,
-        "hobby": HOBBIES,
-    }
     names = {gender: first_names(split, gender) for gender in ("male", "female")}
     rows: list[Row] = []
     for n in range(num_samples):
-        k = config.num_documents or rng.randint(config.min_documents, config.max_documents)
-        # Distinct first names and distinct last names: no two persons of a sample can be confused.
-        genders = [rng.choice(("male", "female")) for _ in range(k)]
-        chosen_first = {g: rng.sample(names[g], genders.count(g)) for g in ("male", "female")}
-        last = rng.sample(LAST_NAMES, k)
-        values = {attribute: rng.sample(pool, k) for attribute, pool in pools.items()}
-        dates: list[str] = []
-        while len(dates) < k:
-            date = _random_date(rng)
-            if date not in dates:
-                dates.append(date)
-        values["birth_date"] = dates
-        persons = []
-        counters = {"male": 0, "female": 0}
-        for i, gender in enumerate(genders):
-            first = chosen_first[gender][counters[gender]]
-            counters[gender] += 1
-            person = {"first": first, "name": f"{first} {last[i]}", "gender": gender}
-            person.update({attribute: values[attribute][i] for attribute in ATTRIBUTES})
-            persons.append(person)
-        target = rng.randrange(k)
-        asked = rng.choice(ATTRIBUTES)
-        documents = []
-        for i, person in enumerate(persons):
-            count = rng.randint(config.min_attributes, config.max_attributes)
-            attributes = rng.sample(ATTRIBUTES, count)
-            if i == target and asked not in attributes:
-                attributes[rng.randrange(count)] = asked
-            documents.append(_render_person(rng, person, attributes))
-        question = rng.choice(_QUESTIONS[asked]).format(name=persons[target]["name"])
+        while True:  # redraw the rare sample whose answer string also occurs in another document
+            documents, question, answer = _draw_sample(rng, config, names)
+            if sum(answer in document for document in documents) == 1:
+                break
         rows.append(
             {
                 "id": f"{TASK}-{split}-s{seed}-{n:06d}",
                 "task": TASK,
                 "documents": documents,
                 "question": question,
-                "answers": [persons[target][asked]],
+                "answers": [answer],
                 "source_index": SYNTHETIC_INDEX,
             }
         )

@@ -224,6 +224,8 @@ def generate_niah_rows(
     """
     check_split(split)
     config = config or NIAHConfig()
+    if num_samples is None:
+        raise ValueError(f"{TASK!r} is synthetic: pass num_samples (an int), not None.")
     num_samples = check_num_samples(num_samples, num_samples, TASK, split)
     pool = chunk_pool(split, config.doc_tokens)
     most = config.num_documents or config.max_documents

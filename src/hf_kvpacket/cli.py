@@ -1,0 +1,66 @@
+"""The `kvpacket` command: `demo`, `encode`, `train`, `eval`, `bench`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.model, args.adapter, args.store, args.max_new_tokens)
+    return 0
+
+
+def _encode(args: argparse.Namespace) -> int:
+    from .adapter import PacketAdapter
+    from .offline_models import load_model_and_tokenizer
+    from .store import PacketStore
+
+    model, tok = load_model_and_tokenizer(args.model)
+    adapter = PacketAdapter.from_pretrained(args.adapter) if args.adapter else None
+    store = PacketStore(args.store, model, tok, adapter)
+    texts = []
+    for path in args.files:
+        with open(path, encoding="utf-8") as f:
+            texts.append(f.read())
+    store.get_many(texts)
+    print(json.dumps(store.stats.as_dict(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kvpacket", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="answer questions over bundled documents with PacketCache (SmolLM2-135M)")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--adapter", default=None, help="adapter folder or Hub id (default: the shipped SmolLM2 mixture)")
+    p.add_argument("--store", default=None, help="packet store folder")
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.set_defaults(func=_demo)
+    p = sub.add_parser("encode", help="encode text files into a packet store")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--adapter", default=None)
+    p.add_argument("--store", default="packets")
+    p.set_defaults(func=_encode)
+    for name, module in (("train", "training.cli"), ("eval", "evaluation.cli"), ("bench", "bench.cli")):
+        try:
+            mod = __import__(f"hf_kvpacket.{module}", fromlist=["add_arguments", "run"])
+        except ImportError:
+            continue
+        p = sub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0] if mod.__doc__ else None)
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
