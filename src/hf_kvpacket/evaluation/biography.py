@@ -325,7 +325,9 @@ class BiographyConfig:
         if self.num_documents is not None and self.num_documents < 1:
             raise ValueError(f"num_documents must be >= 1, got {self.num_documents}.")
         if not 1 <= self.min_documents <= self.max_documents:
-            raise ValueError(f"need 1 <= min_documents <= max_documents, got {self.min_documents}, {self.max_documents}.")
+            raise ValueError(
+                f"need 1 <= min_documents <= max_documents, got {self.min_documents}, {self.max_documents}."
+            )
         if not 1 <= self.min_attributes <= self.max_attributes <= len(ATTRIBUTES):
             raise ValueError(f"need 1 <= min_attributes <= max_attributes <= {len(ATTRIBUTES)}.")
         most = self.num_documents or self.max_documents

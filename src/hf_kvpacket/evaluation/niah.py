@@ -109,7 +109,9 @@ class NIAHConfig:
         if self.num_documents is not None and self.num_documents < 1:
             raise ValueError(f"num_documents must be >= 1, got {self.num_documents}.")
         if not 1 <= self.min_documents <= self.max_documents:
-            raise ValueError(f"need 1 <= min_documents <= max_documents, got {self.min_documents}, {self.max_documents}.")
+            raise ValueError(
+                f"need 1 <= min_documents <= max_documents, got {self.min_documents}, {self.max_documents}."
+            )
         if not 0.0 <= self.min_depth <= self.max_depth <= 1.0:
             raise ValueError(f"need 0 <= min_depth <= max_depth <= 1, got {self.min_depth}, {self.max_depth}.")
 
