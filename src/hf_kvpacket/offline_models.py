@@ -48,14 +48,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
-    "OfflineModelSpec",
-    "OFFLINE_MODELS",
     "CACHE_ENV_VAR",
+    "OFFLINE_MODELS",
+    "OfflineModelSpec",
     "cache_root",
-    "model_cache_dir",
     "is_converted",
-    "resolve_model_path",
     "load_model_and_tokenizer",
+    "model_cache_dir",
+    "resolve_model_path",
 ]
 
 #: Environment variable naming the cache root.
@@ -199,8 +199,8 @@ class OfflineModelSpec:
 
         Examples
         --------
-        >>> OFFLINE_MODELS["qwen2.5-coder-0.5b-instruct"].gguf_path("/tmp/gguf")  # doctest: +SKIP
-        PosixPath('/tmp/gguf/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf')
+        >>> OFFLINE_MODELS["qwen2.5-coder-0.5b-instruct"].gguf_path("gguf-work")  # doctest: +SKIP
+        PosixPath('gguf-work/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf')
         """
         paths = self.require()
         if len(paths) == 1:
@@ -353,10 +353,8 @@ def cache_root() -> Path:
 
     Examples
     --------
-    >>> import os
-    >>> os.environ["KVPACKET_CACHE"] = "/tmp/kvp"
-    >>> str(cache_root())
-    '/tmp/kvp'
+    >>> cache_root()  # with KVPACKET_CACHE=~/kvp in the environment  # doctest: +SKIP
+    PosixPath('.../kvp')
     """
     value = os.environ.get(CACHE_ENV_VAR)
     root = Path(value).expanduser() if value else Path("~/.cache/hf_kvpacket").expanduser()
@@ -510,19 +508,30 @@ def _convert(spec: OfflineModelSpec, final: Path) -> None:
 
 def _chmod_like_umask(folder: Path) -> None:
     """Give the folder and its files the modes a plain ``mkdir``/``open`` would (mkdtemp and some writers use 0o700/0o600)."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _umask()
     folder.chmod(0o777 & ~umask)
     for path in folder.rglob("*"):
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
-def _version(package: str) -> str | None:
+def _umask() -> int:
+    """The process umask, read without changing it (``os.umask`` sets it, which races with other threads)."""
     try:
-        from importlib.metadata import version
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
 
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
         return version(package)
-    except Exception:  # pragma: no cover
+    except PackageNotFoundError:  # pragma: no cover
         return None
 
 
@@ -577,7 +586,7 @@ def resolve_model_path(name_or_path: str) -> str:
     Examples
     --------
     >>> resolve_model_path("smollm2-135m-instruct")  # doctest: +SKIP
-    '/home/me/.cache/hf_kvpacket/models/smollm2-135m-instruct'
+    '.../.cache/hf_kvpacket/models/smollm2-135m-instruct'
     >>> resolve_model_path("Qwen/Qwen2.5-0.5B-Instruct")
     'Qwen/Qwen2.5-0.5B-Instruct'
     """

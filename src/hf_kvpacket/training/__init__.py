@@ -1,0 +1,16 @@
+"""Adapter training by self-supervised distillation (teacher: joint prompt; student: independent wrapped packets)."""
+
+from .collator import DistillationCollator
+from .model import PacketDistillationModel, distillation_loss
+from .teacher import TeacherConfig, build_teacher_dataset, tokenize_example
+from .trainer import PacketDistillationTrainer
+
+__all__ = [
+    "DistillationCollator",
+    "PacketDistillationModel",
+    "PacketDistillationTrainer",
+    "TeacherConfig",
+    "build_teacher_dataset",
+    "distillation_loss",
+    "tokenize_example",
+]

@@ -1,0 +1,114 @@
+"""Train a KV Packet adapter by distillation (`kvpacket train`), resumable, with held-out evaluation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from typing import Any
+
+import torch
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m-instruct", help="offline model name, local folder or Hub id")
+    p.add_argument("--task", default="mixture", help="biography | niah | hotpotqa | squad | mixture")
+    p.add_argument("--output", required=True, help="adapter folder (best adapter is written here)")
+    p.add_argument("--work-dir", default=None, help="teacher data + checkpoints (default: <output>.work)")
+    p.add_argument("--num-train", type=int, default=512)
+    p.add_argument("--num-val", type=int, default=64)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--epochs", type=float, default=30)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--grad-accum", type=int, default=4)
+    p.add_argument("--max-context-tokens", type=int, default=768)
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--header", type=int, default=8)
+    p.add_argument("--trailer", type=int, default=8)
+    p.add_argument("--loss", default="kl", choices=["kl", "ce"])
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--eval-steps", type=int, default=25)
+    p.add_argument("--max-steps", type=int, default=-1)
+    p.add_argument("--resume", action="store_true", help="resume from the last checkpoint in the work dir")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    train_adapter(**{k: v for k, v in vars(args).items() if k not in ("func", "command")})
+    return 0
+
+
+def train_adapter(model: str, task: str, output: str, work_dir: str | None = None, num_train: int = 512,
+                  num_val: int = 64, seed: int = 42, epochs: float = 30, lr: float = 5e-4, batch_size: int = 4,
+                  grad_accum: int = 4, max_context_tokens: int = 768, max_new_tokens: int = 24, header: int = 8,
+                  trailer: int = 8, loss: str = "kl", dtype: str = "bfloat16", eval_steps: int = 25,
+                  max_steps: int = -1, resume: bool = False, no_progress: bool = False,
+                  model_and_tokenizer: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """Teacher answers (cached) -> distillation with a linear-decay schedule -> best adapter (lowest held-out KL)."""
+    from transformers import TrainingArguments
+
+    from ..adapter import PacketAdapter
+    from ..evaluation import load_task
+    from ..offline_models import load_model_and_tokenizer
+    from . import DistillationCollator, PacketDistillationModel, PacketDistillationTrainer, TeacherConfig
+    from .teacher import build_teacher_dataset
+
+    work_dir = work_dir or output.rstrip("/") + ".work"
+    os.makedirs(work_dir, exist_ok=True)
+    torch_dtype = getattr(torch, dtype)
+    if model_and_tokenizer is None:
+        base, tok = load_model_and_tokenizer(model, dtype=torch_dtype)
+    else:
+        base, tok = model_and_tokenizer
+    torch.manual_seed(seed)
+    # Train and validation rows both come from the training split (index >= 4000 / train streams).
+    rows = load_task(task, split="train", num_samples=num_train + num_val, seed=seed)
+    rows = rows.shuffle(seed=seed)
+    tcfg = TeacherConfig(max_new_tokens=max_new_tokens, max_context_tokens=max_context_tokens)
+    teacher = build_teacher_dataset(base, tok, rows, os.path.join(work_dir, "teacher"), tcfg, progress=not no_progress)
+    teacher = teacher.filter(lambda r: len(r["teacher_ids"]) > 0)
+    val = teacher.select(range(min(num_val, len(teacher))))
+    train = teacher.select(range(len(val), len(teacher)))
+    adapter_path = os.path.join(work_dir, "init_adapter")
+    if os.path.isdir(adapter_path):
+        adapter = PacketAdapter.from_pretrained(adapter_path)
+    else:
+        adapter = PacketAdapter.for_model(base, header, trailer, seed=seed, task=task)
+        adapter.config.base_model_name_or_path = model
+        adapter.save_pretrained(adapter_path, model_card=False)
+    wrapper = PacketDistillationModel(base, adapter, loss_type=loss)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    collator = DistillationCollator(header, trailer, pad_token_id=pad)
+    steps_per_epoch = math.ceil(len(train) / (batch_size * grad_accum))
+    targs = TrainingArguments(
+        output_dir=os.path.join(work_dir, "checkpoints"), per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size, gradient_accumulation_steps=grad_accum, learning_rate=lr,
+        weight_decay=0.0, lr_scheduler_type="linear", warmup_steps=min(10, steps_per_epoch), num_train_epochs=epochs,
+        max_steps=max_steps, eval_strategy="steps", eval_steps=eval_steps, save_strategy="steps",
+        save_steps=eval_steps, save_total_limit=3, load_best_model_at_end=True, metric_for_best_model="eval_loss",
+        greater_is_better=False, logging_steps=5, remove_unused_columns=False, report_to=[], use_cpu=True,
+        dataloader_num_workers=0, disable_tqdm=no_progress, seed=seed, label_names=["labels"],
+    )
+    trainer = PacketDistillationTrainer(model=wrapper, args=targs, train_dataset=train, eval_dataset=val,
+                                        data_collator=collator)
+    last = None
+    ckpt_dir = targs.output_dir
+    if resume and os.path.isdir(ckpt_dir):
+        cks = sorted((d for d in os.listdir(ckpt_dir) if d.startswith("checkpoint-")), key=lambda d: int(d.split("-")[1]))
+        last = os.path.join(ckpt_dir, cks[-1]) if cks else None
+    start = time.time()
+    trainer.train(resume_from_checkpoint=last)
+    metrics = trainer.evaluate()
+    history = [h for h in trainer.state.log_history]
+    training_args = {"task": task, "num_train": len(train), "num_val": len(val), "epochs": epochs, "lr": lr,
+                     "effective_batch": batch_size * grad_accum, "schedule": "linear decay", "loss": loss,
+                     "max_context_tokens": max_context_tokens, "teacher_max_new_tokens": max_new_tokens,
+                     "dtype": dtype, "best_val_kl": metrics.get("eval_loss"), "steps": trainer.state.global_step,
+                     "train_minutes": round((time.time() - start) / 60, 1)}
+    adapter.save_pretrained(output, training_args=training_args, datasets=[task])
+    with open(os.path.join(output, "training_log.json"), "w") as f:
+        json.dump({"training_args": training_args, "log_history": history}, f, indent=1)
+    return {"metrics": metrics, "training_args": training_args}

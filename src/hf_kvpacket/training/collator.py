@@ -1,0 +1,107 @@
+"""`DistillationCollator`: rows {documents, question, teacher answer} -> student and teacher batches.
+
+Pure data (token ids and index tensors), usable as `data_collator=` of a stock `transformers.Trainer`. The adapter's
+soft tokens are inserted by the model wrapper (`PacketDistillationModel`) at the slots marked here, since they are
+parameters, not data.
+
+Student sequence per row: `[preamble | H doc1 T | ... | H docN T | query | answer[:-1]]` with block ids (each wrapped
+document its own block, query and answer joint), contiguous positions, right padding. `student_slots` is -1 for real
+tokens, `0..h-1` for header slots and `h..h+t-1` for trailer slots. `student_label_positions` lists, per row, the
+positions whose next-token distribution predicts each answer token (padded with -1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from ..masks import JOINT, PAD
+
+
+@dataclass
+class DistillationCollator:
+    """Collate teacher rows for distillation.
+
+    Parameters
+    ----------
+    num_header_tokens, num_trailer_tokens:
+        Adapter slots around every document (must match the adapter).
+    pad_token_id:
+        Token id used in padded slots (never attended to).
+    with_teacher_inputs:
+        Also build the teacher's joint sequence (for an on-the-fly teacher); with precomputed top-k log-probs in the
+        rows it is not needed.
+
+    Example
+    -------
+    >>> collator = DistillationCollator(num_header_tokens=8, num_trailer_tokens=8)
+    >>> trainer = transformers.Trainer(model=PacketDistillationModel(model, adapter), data_collator=collator,
+    ...                                train_dataset=teacher_rows, args=TrainingArguments(..., remove_unused_columns=False))
+    """
+
+    num_header_tokens: int = 8
+    num_trailer_tokens: int = 8
+    pad_token_id: int = 0
+    with_teacher_inputs: bool = False
+
+    def student_row(self, row: dict[str, Any]) -> tuple[list[int], list[int], list[int], list[int]]:
+        h, t = self.num_header_tokens, self.num_trailer_tokens
+        ids, slots, blocks = list(row["preamble_ids"]), [-1] * len(row["preamble_ids"]), [0] * len(row["preamble_ids"])
+        for b, doc in enumerate(row["document_ids"], start=1):
+            ids += [self.pad_token_id] * h + list(doc) + [self.pad_token_id] * t
+            slots += list(range(h)) + [-1] * len(doc) + list(range(h, h + t))
+            blocks += [b] * (h + len(doc) + t)
+        answer = list(row["teacher_ids"])
+        tail = list(row["query_ids"]) + answer[:-1]
+        first = len(ids) + len(row["query_ids"]) - 1  # the last query token predicts the first answer token
+        ids += tail
+        slots += [-1] * len(tail)
+        blocks += [JOINT] * len(tail)
+        return ids, slots, blocks, list(range(first, first + len(answer)))
+
+    def teacher_row(self, row: dict[str, Any]) -> tuple[list[int], list[int]]:
+        ids = list(row["preamble_ids"]) + [x for d in row["document_ids"] for x in d] + list(row["query_ids"])
+        first = len(ids) - 1
+        answer = list(row["teacher_ids"])
+        return ids + answer[:-1], list(range(first, first + len(answer)))
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        students = [self.student_row(r) for r in rows]
+        width = max(len(s[0]) for s in students)
+        n_ans = max(len(r["teacher_ids"]) for r in rows)
+        b = len(rows)
+        batch = {
+            "student_input_ids": torch.full((b, width), self.pad_token_id, dtype=torch.long),
+            "student_slots": torch.full((b, width), -1, dtype=torch.long),
+            "student_block_ids": torch.full((b, width), PAD, dtype=torch.long),
+            "student_label_positions": torch.full((b, n_ans), -1, dtype=torch.long),
+            "labels": torch.full((b, n_ans), -100, dtype=torch.long),
+        }
+        for i, ((ids, slots, blocks, pos), row) in enumerate(zip(students, rows)):
+            n = len(ids)
+            batch["student_input_ids"][i, :n] = torch.tensor(ids)
+            batch["student_slots"][i, :n] = torch.tensor(slots)
+            batch["student_block_ids"][i, :n] = torch.tensor(blocks)
+            batch["student_label_positions"][i, : len(pos)] = torch.tensor(pos)
+            batch["labels"][i, : len(pos)] = torch.tensor(row["teacher_ids"])
+        if "teacher_topk_ids" in rows[0]:
+            k = len(rows[0]["teacher_topk_ids"][0])
+            batch["teacher_topk_ids"] = torch.zeros(b, n_ans, k, dtype=torch.long)
+            batch["teacher_topk_logprobs"] = torch.full((b, n_ans, k), -1e4, dtype=torch.float32)
+            for i, row in enumerate(rows):
+                a = len(row["teacher_topk_ids"])
+                batch["teacher_topk_ids"][i, :a] = torch.tensor(row["teacher_topk_ids"])
+                batch["teacher_topk_logprobs"][i, :a] = torch.tensor(row["teacher_topk_logprobs"])
+        if self.with_teacher_inputs or "teacher_topk_ids" not in rows[0]:
+            teachers = [self.teacher_row(r) for r in rows]
+            tw = max(len(t[0]) for t in teachers)
+            batch["teacher_input_ids"] = torch.full((b, tw), self.pad_token_id, dtype=torch.long)
+            batch["teacher_attention_mask"] = torch.zeros(b, tw, dtype=torch.long)
+            batch["teacher_label_positions"] = torch.full((b, n_ans), -1, dtype=torch.long)
+            for i, (ids, pos) in enumerate(teachers):
+                batch["teacher_input_ids"][i, : len(ids)] = torch.tensor(ids)
+                batch["teacher_attention_mask"][i, : len(ids)] = 1
+                batch["teacher_label_positions"][i, : len(pos)] = torch.tensor(pos)
+        return batch

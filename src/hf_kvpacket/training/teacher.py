@@ -1,0 +1,128 @@
+"""Teacher answers: the frozen model reads the plain, jointly encoded prompt and answers greedily.
+
+Rows are stored as a `datasets.Dataset` (saved in shards, so an interrupted run resumes where it stopped) with the
+token ids of every prompt part, the teacher's answer ids and the teacher's top-k log-probabilities at each answer
+position (so training needs no teacher forward).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..prompt import PromptTemplate
+
+
+@dataclass
+class TeacherConfig:
+    """How teacher answers are produced."""
+
+    max_new_tokens: int = 24
+    top_k: int = 32
+    max_context_tokens: int = 768
+    shard_size: int = 8
+    system_prompt: str | None = "You are a helpful assistant."
+
+
+def tokenize_example(
+    tokenizer: Any, template: PromptTemplate, documents: Sequence[str], question: str, max_context_tokens: int | None
+) -> dict[str, Any]:
+    """Token ids of preamble, documents and query; trailing documents are dropped to fit `max_context_tokens`.
+
+    Dropping documents is harmless for distillation: teacher and student always see the same documents.
+    """
+    parts = template.token_ids(tokenizer, documents, question)
+    docs = parts["documents"]
+    if max_context_tokens is not None:
+        budget = max_context_tokens - len(parts["preamble"]) - len(parts["query"])
+        kept, used = [], 0
+        for d in docs:
+            if used + len(d) > budget and kept:
+                continue
+            kept.append(d)
+            used += len(d)
+        docs = kept
+    return {"preamble_ids": parts["preamble"], "document_ids": docs, "query_ids": parts["query"]}
+
+
+@torch.no_grad()
+def teacher_answers(model: Any, prompts: list[list[int]], cfg: TeacherConfig, eos_ids: set[int],
+                    pad_id: int) -> list[dict[str, Any]]:
+    """Greedy answers for a batch of prompts (left-padded), and top-k log-probs at the positions that predict each
+    answer token (one forward per row over prompt + answer)."""
+    device = model.get_input_embeddings().weight.device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=cfg.max_new_tokens,
+                         do_sample=False, pad_token_id=pad_id)
+    results = []
+    for i, prompt in enumerate(prompts):
+        answer = out[i, width:].tolist()
+        for j, t in enumerate(answer):  # keep the first end-of-turn token, drop padding after it
+            if t in eos_ids:
+                answer = answer[: j + 1]
+                break
+        full = torch.tensor([prompt + answer], device=device)
+        logits = model(input_ids=full, logits_to_keep=len(answer) + 1).logits[0, :-1].float()
+        top = torch.log_softmax(logits, -1).topk(cfg.top_k, dim=-1)
+        results.append({"teacher_ids": answer, "teacher_topk_ids": top.indices.tolist(),
+                        "teacher_topk_logprobs": top.values.tolist()})
+    return results
+
+
+def build_teacher_dataset(
+    model: Any,
+    tokenizer: Any,
+    rows: Any,
+    out_dir: str,
+    cfg: TeacherConfig | None = None,
+    progress: bool = True,
+):
+    """Run the teacher over `rows` (a `datasets.Dataset` from `evaluation.load_task`), resumably, into `out_dir`.
+
+    Returns the concatenated `datasets.Dataset` with columns: id, task, preamble_ids, document_ids, query_ids,
+    teacher_ids, teacher_topk_ids, teacher_topk_logprobs, answers.
+    """
+    import datasets
+
+    cfg = cfg or TeacherConfig()
+    template = PromptTemplate.from_tokenizer(tokenizer, system_prompt=cfg.system_prompt)
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "teacher_config.json"), "w") as f:
+        import json
+
+        json.dump(asdict(cfg), f, indent=2)
+    n = len(rows)
+    shards = []
+    bar = tqdm(total=n, desc="teacher answers", disable=not progress)
+    for start in range(0, n, cfg.shard_size):
+        path = os.path.join(out_dir, f"shard-{start:06d}")
+        if os.path.isdir(path):
+            shards.append(datasets.load_from_disk(path))
+            bar.update(len(shards[-1]))
+            continue
+        records = []
+        for row in rows.select(range(start, min(n, start + cfg.shard_size))):
+            tok = tokenize_example(tokenizer, template, row["documents"], row["question"], cfg.max_context_tokens)
+            records.append({"id": row["id"], "task": row["task"], "answers": row["answers"], **tok})
+        prompts = [r["preamble_ids"] + [t for d in r["document_ids"] for t in d] + r["query_ids"] for r in records]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        for r, answer in zip(records, teacher_answers(model, prompts, cfg, eos_ids, pad)):
+            r.update(answer)
+        bar.update(len(records))
+        shard = datasets.Dataset.from_list(records)
+        shard.save_to_disk(path + ".tmp")
+        os.replace(path + ".tmp", path)
+        shards.append(shard)
+    bar.close()
+    return datasets.concatenate_datasets(shards) if shards else datasets.Dataset.from_list([])
