@@ -1,0 +1,124 @@
+"""Adapter artifacts: exact save/load, fingerprints, model cards, and push_to_hub through a mocked HTTP layer."""
+
+import base64
+import json
+
+import pytest
+import torch
+import yaml
+
+from hf_kvpacket import KVPacketConfig, KVPacketError, PacketAdapter
+from hf_kvpacket.model_card import EVAL_RESULTS_NAME, GENERATED_MARKER, read_card_metadata
+from tiny_models import build
+
+RESULTS = {"biography": {"f1": 0.91, "fidelity": 0.88}, "niah": {"f1": 0.75, "fidelity": 0.8}}
+
+
+def test_round_trip_is_exact(tmp_path):
+    model = build("llama")
+    adapter = PacketAdapter.for_model(model, 3, 5, task="biography")
+    adapter.save_pretrained(tmp_path)
+    loaded = PacketAdapter.from_pretrained(tmp_path)
+    assert torch.equal(loaded.header, adapter.header) and torch.equal(loaded.trailer, adapter.trailer)
+    assert loaded.config == KVPacketConfig.from_pretrained(tmp_path)
+    assert loaded.fingerprint == adapter.fingerprint
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert cfg["adapter_type"] == "KV_PACKET" and cfg["num_trailer_tokens"] == 5 and cfg["library_version"]
+
+
+def test_init_from_embedding_statistics():
+    model = build("llama")
+    adapter = PacketAdapter.for_model(model, 64, 64)
+    w = model.get_input_embeddings().weight
+    assert abs(adapter.header.mean().item() - w.mean().item()) < 0.1 * w.std().item() + 1e-3
+    assert 0.5 < adapter.header.std().item() / w.std().item() < 2.0
+
+
+def test_fingerprint_changes_with_weights():
+    model = build("llama")
+    adapter = PacketAdapter.for_model(model, 2, 2)
+    fp = adapter.fingerprint
+    with torch.no_grad():
+        adapter.trailer[0, 0] += 1e-6
+    assert adapter.fingerprint != fp
+
+
+def test_wrong_hidden_size_refused():
+    adapter = PacketAdapter(KVPacketConfig(hidden_size=32))
+    with pytest.raises(KVPacketError, match="hidden size"):
+        adapter.check_model(build("llama"))
+
+
+def test_config_validation_and_unknown_keys(caplog):
+    with pytest.raises(KVPacketError, match="init"):
+        KVPacketConfig(hidden_size=8, init="bogus")
+    cfg = KVPacketConfig.from_dict({"hidden_size": 8, "future_field": 1})
+    assert cfg.hidden_size == 8 and "future_field" in caplog.text
+    with pytest.raises(TypeError):
+        KVPacketConfig.from_dict({"num_header_tokens": 2})
+
+
+def test_card_yaml_parses_and_matches_eval_json(tmp_path):
+    model = build("llama")
+    adapter = PacketAdapter.for_model(model, 2, 2, task="mixture")
+    adapter.config.base_model_name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    adapter.save_pretrained(tmp_path, eval_results=RESULTS, training_args={"lr": 5e-4}, datasets=["biography", "niah"])
+    meta = read_card_metadata(tmp_path / "README.md")
+    assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and meta["library_name"] == "hf_kvpacket"
+    saved = json.loads((tmp_path / EVAL_RESULTS_NAME).read_text())
+    card = {r["dataset"]["name"]: {m["type"]: m["value"] for m in r["metrics"]} for r in meta["model-index"][0]["results"]}
+    assert card == saved == RESULTS
+    assert "PacketCache" in (tmp_path / "README.md").read_text()
+
+
+def test_user_edited_card_is_kept(tmp_path):
+    adapter = PacketAdapter.for_model(build("llama"), 2, 2)
+    adapter.save_pretrained(tmp_path)
+    (tmp_path / "README.md").write_text("# my own card\n")
+    adapter.save_pretrained(tmp_path, eval_results=RESULTS)
+    assert (tmp_path / "README.md").read_text() == "# my own card\n"
+
+
+def test_push_to_hub_through_mocked_http(tmp_path, monkeypatch):
+    """The Hub client is replaced at its HTTP boundary: we check what would be uploaded."""
+    import httpx2
+    from huggingface_hub.utils import _http
+
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        path = request.url.path
+        if path == "/api/repos/create":
+            return httpx2.Response(200, json={"url": "https://huggingface.co/me/adapter", "id": "me/adapter"})
+        if path == "/api/validate-yaml":  # the Hub checks the card's YAML before committing
+            return httpx2.Response(200, json={"errors": [], "warnings": []})
+        if "/preupload/" in path:
+            files = json.loads(request.content)["files"]
+            return httpx2.Response(200, json={"files": [{"path": f["path"], "uploadMode": "regular",
+                                                         "shouldIgnore": False} for f in files]})
+        if "/commit/" in path:
+            return httpx2.Response(200, json={"commitUrl": "https://huggingface.co/me/adapter/commit/abc",
+                                              "commitOid": "a" * 40, "pullRequestUrl": None})
+        return httpx2.Response(404, json={"error": f"unexpected {request.method} {path}"})
+
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    _http.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(handler)))
+    try:
+        adapter = PacketAdapter.for_model(build("llama"), 2, 2, task="biography")
+        url = adapter.push_to_hub("me/adapter", private=True, commit_message="first adapter", token="hf_fake",
+                                  eval_results=RESULTS)
+    finally:
+        _http.set_client_factory(_http.default_client_factory)
+    assert url.endswith("/commit/abc")
+    assert any(c.url.path == "/api/validate-yaml" for c in calls)
+    create = next(c for c in calls if c.url.path == "/api/repos/create")
+    body = json.loads(create.content)
+    assert body.get("private") is True or body.get("visibility") == "private", body
+    commit = next(c for c in calls if "/commit/" in c.url.path)
+    lines = [json.loads(line) for line in commit.content.decode().splitlines()]
+    assert lines[0]["value"]["summary"] == "first adapter"
+    files = {ln["value"]["path"]: base64.b64decode(ln["value"]["content"]) for ln in lines if ln["key"] == "file"}
+    assert set(files) >= {"adapter_config.json", "adapter_model.safetensors", "README.md", EVAL_RESULTS_NAME}
+    card = files["README.md"].decode()
+    assert GENERATED_MARKER in card and yaml.safe_load(card.split("---")[1])["tags"]
