@@ -97,10 +97,21 @@ def build_teacher_dataset(
     template = PromptTemplate.from_tokenizer(tokenizer, system_prompt=cfg.system_prompt)
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "teacher_config.json"), "w") as f:
-        import json
+    import hashlib
+    import json
 
+    os.makedirs(out_dir, exist_ok=True)
+    # Shards are resumed by position: refuse a work dir made for other rows or another teacher configuration.
+    fingerprint = hashlib.sha256(json.dumps([list(rows["id"]), asdict(cfg)]).encode()).hexdigest()[:16]
+    marker = os.path.join(out_dir, "rows_fingerprint.txt")
+    if os.path.exists(marker):
+        with open(marker) as f:
+            if f.read().strip() != fingerprint:
+                raise ValueError(f"{out_dir} holds teacher answers for other rows or settings; use another work dir.")
+    else:
+        with open(marker, "w") as f:
+            f.write(fingerprint)
+    with open(os.path.join(out_dir, "teacher_config.json"), "w") as f:
         json.dump(asdict(cfg), f, indent=2)
     n = len(rows)
     shards = []
