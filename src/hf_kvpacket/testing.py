@@ -8,7 +8,7 @@ import contextlib
 import torch
 import transformers as tf
 
-__all__ = ["ARCHS", "COMMON", "REFUSED", "build", "float64_rotary", "ToyTokenizer"]
+__all__ = ["ARCHS", "COMMON", "REFUSED", "build", "float64_rotary", "ToyTokenizer", "example_model"]
 
 COMMON = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=4096, attn_implementation="sdpa")
@@ -84,9 +84,23 @@ def float64_rotary(model):
 
 
 class ToyTokenizer:
-    """Deterministic word-level tokenizer for tiny models (ids in 1..127; 0 is padding)."""
+    """Deterministic word-level tokenizer for tiny models (ids in 1..127; 0 is padding). No chat template."""
 
     pad_token_id = 0
+    eos_token_id = None
+    chat_template = None
 
-    def __call__(self, text, add_special_tokens=False):
+    def __call__(self, text, add_special_tokens=False, **kwargs):
         return {"input_ids": [sum(map(ord, w)) % 127 + 1 for w in text.split()]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(f"<{int(i)}>" for i in ids)
+
+
+def example_model(fast: bool, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) for the examples: a tiny random Llama in fast mode, else SmolLM2-135M-Instruct offline."""
+    if fast:
+        return build("llama", dtype), ToyTokenizer()
+    from .offline_models import load_model_and_tokenizer
+
+    return load_model_and_tokenizer("smollm2-135m-instruct", dtype=dtype)
