@@ -136,3 +136,22 @@ def test_fine_tune_changes_fingerprint():
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight[3, 5] += 1e-3
     assert model_fingerprint(model, refresh=True) != fp
+
+
+def test_old_packet_format_refused():
+    import dataclasses
+
+    model = build("llama")
+    old = dataclasses.replace(encode_packets(model, DOCS[:1])[0], format_version="0")
+    with pytest.raises(FingerprintMismatchError, match="format version"):
+        PacketCache.from_packets([old], model=model)
+
+
+def test_no_delimiter_slots_between_packets():
+    """PITFALL 12: composition adds no separator tokens; every slot is a preamble, adapter or document slot."""
+    model = build("llama")
+    adapter = PacketAdapter.for_model(model, 3, 2)
+    packets = encode_packets(model, DOCS, adapter)
+    cache = PacketCache.from_packets(packets, model=model, preamble=PREAMBLE)
+    assert cache.composed_length == len(PREAMBLE) + sum(len(d) + 5 for d in DOCS)
+    assert cache.get_seq_length() == cache.composed_length
