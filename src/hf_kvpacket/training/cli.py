@@ -34,11 +34,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=-1)
     p.add_argument("--resume", action="store_true", help="resume from the last checkpoint in the work dir")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--export-only", action="store_true",
+                   help="write the best checkpoint so far to --output (e.g. while or after an interrupted run)")
 
 
 def run(args: argparse.Namespace) -> int:
-    train_adapter(**{k: v for k, v in vars(args).items() if k not in ("func", "command")})
+    if args.export_only:
+        export_best(args.work_dir or args.output.rstrip("/") + ".work", args.output, task=args.task)
+        return 0
+    train_adapter(**{k: v for k, v in vars(args).items() if k not in ("func", "command", "export_only")})
     return 0
+
+
+def export_best(work_dir: str, output: str, task: str | None = None, eval_results: dict | None = None) -> str:
+    """Copy the best checkpoint (lowest validation KL so far) of a run to `output` as an adapter with its card."""
+    from ..adapter import PacketAdapter
+
+    ckpt_dir = os.path.join(work_dir, "checkpoints")
+    cks = sorted((d for d in os.listdir(ckpt_dir) if d.startswith("checkpoint-")), key=lambda d: int(d.split("-")[1]))
+    if not cks:
+        raise FileNotFoundError(f"No checkpoint in {ckpt_dir} yet.")
+    with open(os.path.join(ckpt_dir, cks[-1], "trainer_state.json")) as f:
+        state = json.load(f)
+    best = state.get("best_model_checkpoint") or os.path.join(ckpt_dir, cks[-1])
+    best = os.path.join(ckpt_dir, os.path.basename(best))
+    adapter = PacketAdapter.from_pretrained(best)
+    evals = [h for h in state["log_history"] if "eval_loss" in h]
+    training_args = {"task": task or adapter.config.task, "checkpoint": os.path.basename(best),
+                     "steps_run": state.get("global_step"), "best_val_kl": state.get("best_metric"),
+                     "val_kl_curve": [(h["step"], round(h["eval_loss"], 4)) for h in evals]}
+    adapter.save_pretrained(output, training_args=training_args, eval_results=eval_results,
+                            datasets=[training_args["task"]] if training_args["task"] else None)
+    with open(os.path.join(output, "training_log.json"), "w") as f:
+        json.dump({"training_args": training_args, "log_history": state["log_history"]}, f, indent=1)
+    return best
 
 
 def train_adapter(model: str, task: str, output: str, work_dir: str | None = None, num_train: int = 512,
