@@ -118,7 +118,7 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
         weight_decay=0.0, lr_scheduler_type="linear", warmup_steps=min(10, steps_per_epoch), num_train_epochs=epochs,
         max_steps=max_steps, eval_strategy="steps", eval_steps=eval_steps, save_strategy="steps",
         save_steps=eval_steps, save_total_limit=3, load_best_model_at_end=True, metric_for_best_model="eval_loss",
-        greater_is_better=False, logging_steps=5, remove_unused_columns=False, report_to=[], use_cpu=True,
+        greater_is_better=False, logging_steps=5, eval_on_start=not resume, remove_unused_columns=False, report_to=[], use_cpu=True,
         dataloader_num_workers=0, disable_tqdm=no_progress, seed=seed, label_names=["labels"],
     )
     trainer = PacketDistillationTrainer(model=wrapper, args=targs, train_dataset=train, eval_dataset=val,
