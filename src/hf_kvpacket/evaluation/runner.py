@@ -195,7 +195,9 @@ def _check_resume(output: Path, config: EvalConfig) -> set[tuple[str, str, str]]
     if saved_path.is_file():
         saved = json.loads(saved_path.read_text(encoding="utf-8")).get("config", {})
         current = asdict(config)
-        changed = [k for k in _FROZEN if k in saved and saved[k] != current[k]]
+        # Adding an adapter to a run recorded without one keeps its answers valid: no method there used an adapter.
+        changed = [k for k in _FROZEN if k in saved and saved[k] != current[k]
+                   and not (k == "adapter" and saved[k] is None)]
         if changed:
             diffs = ", ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in changed)
             raise EvalRunError(f"Cannot resume {output}: settings changed ({diffs}). Use another --output folder.")
@@ -216,6 +218,8 @@ def _check_adapter_unchanged(output: Path, adapter: PacketAdapter | None, done: 
         return
     saved = json.loads(saved_path.read_text(encoding="utf-8")).get("meta", {}).get("adapter_fingerprint")
     current = adapter.fingerprint if adapter is not None else "none"
+    if saved == "none":  # recorded answers used no adapter, so none of them depends on its weights
+        return
     if saved is not None and saved != current:
         raise EvalRunError(
             f"Cannot resume {output}: the adapter's weights changed since the recorded answers (fingerprint {saved} "
