@@ -33,7 +33,9 @@ REFUSED_ROPE_TYPES = {
 }
 #: Relative tolerance of the gate per dtype (a wrong convention gives errors of order 1). transformers computes RoPE
 #: angles in float32 even for float64 models, so float64 allows for float32 angle rounding at the gate's shift.
-GATE_TOLERANCE = {torch.float64: 1e-4, torch.float32: 2e-3, torch.bfloat16: 8e-2, torch.float16: 2e-2}
+GATE_TOLERANCE = {torch.float64: 1e-4, torch.float32: 2e-3, torch.bfloat16: 3e-2, torch.float16: 1e-2}
+#: Past layer 0, a re-rotated key must be at least this much closer to the shifted key than the unrotated one is.
+GATE_NOISE_RATIO = 0.25
 
 
 @dataclass(frozen=True)
@@ -127,13 +129,17 @@ def read_rope_specs(model: nn.Module) -> list[RopeSpec]:
 
 
 def rotation_tables(
-    deltas: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype, device: torch.device | str
+    deltas: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype, device: torch.device | str, full: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin of `deltas[..., None] * inv_freq` computed in float64, returned in `dtype` on `device`.
 
-    `deltas` has any shape `S`; the tables have shape `S + (rotary_dim // 2,)`.
+    `deltas` has any shape `S`; the tables have shape `S + (rotary_dim // 2,)`, or `S + (rotary_dim,)` with
+    `full=True` (both halves, `cat(t, t)`: the layout transformers itself uses, consumed by `rotate_keys_into`).
+    The angles are computed once, in float64, then cast straight to `dtype` (no intermediate dtype).
     """
     angles = deltas.to("cpu", torch.float64).unsqueeze(-1) * inv_freq
+    if full:
+        angles = torch.cat([angles, angles], dim=-1)
     return angles.cos().to(device=device, dtype=dtype), angles.sin().to(device=device, dtype=dtype)
 
 
@@ -141,7 +147,8 @@ def rotate_keys_(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> to
     """Rotate `keys` of shape `(batch, num_kv_heads, seq_len, head_dim)` in place (rotate-half convention).
 
     `cos`/`sin` have shape `(seq_len, rotary_dim // 2)` or `(batch, 1, seq_len, rotary_dim // 2)`; dimensions past
-    `rotary_dim` (partial rotary) are left untouched.
+    `rotary_dim` (partial rotary) are left untouched. One temporary of half the rotated width (the first half's
+    original values) is unavoidable in place; `rotate_keys_into` writes into fresh memory without any temporary.
     """
     half = cos.shape[-1]
     x1 = keys[..., :half]
@@ -150,6 +157,28 @@ def rotate_keys_(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> to
     x1.mul_(cos).addcmul_(x2, sin, value=-1)
     x2.mul_(cos).addcmul_(x1_orig, sin)
     return keys
+
+
+def rotate_keys_into(out: torch.Tensor, keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Write `keys` rotated by `cos`/`sin` into `out` (same shape; a view into a larger buffer is fine).
+
+    `cos`/`sin` are *full-width* tables (`rotation_tables(..., full=True)`: last dimension `rotary_dim`, both halves
+    equal) broadcastable to `keys[..., :rotary_dim]`, e.g. shape `(rotary_dim,)` for one packet moved by one delta.
+    Three passes, no temporaries, no dtype conversion: `out = keys * cos`, then each half adds the other half times
+    `sin` (`-x2 sin` to the first, `+x1 sin` to the second). The result is bit-identical to `rotate_keys_` on a copy.
+    Dimensions past `rotary_dim` (partial rotary) are copied unchanged.
+    """
+    rot = cos.shape[-1]
+    half = rot // 2
+    head_dim = keys.shape[-1]
+    if rot == head_dim:
+        torch.mul(keys, cos, out=out)
+    else:
+        torch.mul(keys[..., :rot], cos, out=out[..., :rot])
+        out[..., rot:].copy_(keys[..., rot:])
+    out[..., :half].addcmul_(keys[..., half:rot], sin[..., :half], value=-1)
+    out[..., half:rot].addcmul_(keys[..., :half], sin[..., half:])
+    return out
 
 
 class Rerotator:
@@ -206,16 +235,22 @@ class Rerotator:
         deltas = torch.full((length,), shift, dtype=torch.long)
         for idx in range(len(self.specs)):
             k0 = runs[0].layers[idx].keys.clone()
-            k1 = runs[1].layers[idx].keys
+            k1 = runs[1].layers[idx].keys.double()
+            scale = k1.abs().max().clamp_min(1e-30)
+            unrotated = ((k0.double() - k1).abs().max() / scale).item()
             self.rotate_(k0, deltas, idx)
-            err = ((k0.double() - k1.double()).abs().max() / k1.double().abs().max().clamp_min(1e-30)).item()
+            err = ((k0.double() - k1).abs().max() / scale).item()
             self.gate_error[idx] = err
-            if not err <= tol:
+            # Layer 0 sees identical inputs in both runs: only the rotation can differ, so the dtype tolerance applies.
+            # Deeper layers also carry the two runs' rounding noise (large in bf16), so there re-rotation must at least
+            # remove most of the shift's effect (a wrong convention leaves an error of the order of not rotating).
+            ok = err <= tol or (idx > 0 and err <= GATE_NOISE_RATIO * unrotated)
+            if not ok:
                 raise RerotationGateError(
                     f"Re-rotation is not exact for {type(model).__name__} (rope_type={self.specs[idx].rope_type!r}): "
                     f"layer {idx} keys moved by {shift} positions differ from keys encoded there by {err:.2e} "
-                    f"(relative; tolerance {tol:.0e} for {dtype}). The model's RoPE convention is not one hf_kvpacket "
-                    "supports; please open an issue with the model id."
+                    f"(relative; tolerance {tol:.0e} for {dtype}; without re-rotation {unrotated:.2e}). The model's "
+                    "RoPE convention is not one hf_kvpacket supports; please open an issue with the model id."
                 )
 
 
