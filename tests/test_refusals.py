@@ -155,3 +155,21 @@ def test_no_delimiter_slots_between_packets():
     cache = PacketCache.from_packets(packets, model=model, preamble=PREAMBLE)
     assert cache.composed_length == len(PREAMBLE) + sum(len(d) + 5 for d in DOCS)
     assert cache.get_seq_length() == cache.composed_length
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "yarn_scaling"])
+def test_gate_passes_in_bfloat16(arch):
+    """Rounding noise of bf16 models must not trip the gate (it did on Qwen2.5-0.5B layer 11 before the fix)."""
+    get_rerotator(build(arch, torch.bfloat16, seed=3))
+
+
+def test_gate_catches_wrong_convention_in_bfloat16(monkeypatch):
+    import transformers.models.llama.modeling_llama as ml
+
+    def interleaved(x):
+        x1, x2 = x[..., ::2], x[..., 1::2]
+        return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+    monkeypatch.setattr(ml, "rotate_half", interleaved)
+    with pytest.raises(RerotationGateError):
+        get_rerotator(build("llama", torch.bfloat16, seed=8))
