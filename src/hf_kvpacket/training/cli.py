@@ -106,7 +106,10 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
         adapter = PacketAdapter.from_pretrained(adapter_path)
     else:
         adapter = PacketAdapter.for_model(base, header, trailer, seed=seed, task=task)
-        adapter.config.base_model_name_or_path = model
+        from ..offline_models import OFFLINE_MODELS
+
+        # Cards name the Hub id of the base model, also when it was loaded from an offline package.
+        adapter.config.base_model_name_or_path = OFFLINE_MODELS[model].hub_id if model in OFFLINE_MODELS else model
         adapter.save_pretrained(adapter_path, model_card=False)
     wrapper = PacketDistillationModel(base, adapter, loss_type=loss)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0

@@ -1,0 +1,42 @@
+"""Fill an adapter's model card with the results of a `kvpacket eval` run (`results.json`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+
+def card_results_from_eval(results_json: str, method: str = "kv_packet") -> dict[str, dict[str, float]]:
+    """Per task: the adapter's F1, exact match and fidelity, beside full-recompute and no-recompute F1 of the run."""
+    with open(results_json, encoding="utf-8") as f:
+        data = json.load(f)
+    out: dict[str, dict[str, float]] = {}
+    for task, methods in data["results"].items():
+        if method not in methods:
+            continue
+        r = methods[method]
+        row = {"f1": r["f1"], "exact_match": r["exact_match"], "fidelity": r.get("fidelity"), "n": r["n"]}
+        for ref in ("full_recompute", "no_recompute"):
+            if ref in methods:
+                row[f"{ref}_f1"] = methods[ref]["f1"]
+        out[task] = {k: float(v) for k, v in row.items() if v is not None}
+    return out
+
+
+def update_card(adapter_dir: str, results_json: str, **extra: Any) -> None:
+    """Rewrite `adapter_dir`'s generated card and eval_results.json from a results file (training log kept)."""
+    from ..adapter import PacketAdapter
+
+    adapter = PacketAdapter.from_pretrained(adapter_dir)
+    log_path = os.path.join(adapter_dir, "training_log.json")
+    training_args = {}
+    if os.path.exists(log_path):
+        with open(log_path, encoding="utf-8") as f:
+            log = json.load(f)
+        training_args = dict(log.get("training_args", {}))
+        training_args["val_kl_curve"] = [(h["step"], round(h["eval_loss"], 4)) for h in log.get("log_history", [])
+                                         if "eval_loss" in h]
+    training_args.update(extra)
+    adapter.save_pretrained(adapter_dir, eval_results=card_results_from_eval(results_json),
+                            training_args=training_args, datasets=["biography", "niah", "hotpotqa", "squad"])
