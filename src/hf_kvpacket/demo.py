@@ -41,6 +41,8 @@ def run_demo(model_name: str = DEFAULT_MODEL, adapter_path: str | None = None, s
     print(f"Adapter: {adapter_path or 'none (no-recompute packets; train one with `kvpacket train`)'}")
     store_dir = store_dir or os.path.join(os.environ.get("KVPACKET_CACHE", ".kvpacket_cache"), "demo_packets")
     store = PacketStore(store_dir, model, tok, adapter)
+    # Plain packets (no adapter) too, so the adapter's effect is visible next to "no recompute".
+    plain_store = PacketStore(store_dir, model, tok, None) if adapter is not None else None
     tpl = PromptTemplate.from_tokenizer(tok, system_prompt=data["system_prompt"])
     docs = [tpl.document(d) for d in data["documents"]]
     preamble = encode_preamble(model, tok(tpl.preamble, add_special_tokens=False)["input_ids"])
@@ -61,15 +63,25 @@ def run_demo(model_name: str = DEFAULT_MODEL, adapter_path: str | None = None, s
                                          preamble=preamble)
         out = model.generate(**cache.inputs_for(query_ids), max_new_tokens=max_new_tokens, do_sample=False)
         answer = tok.decode(out[0, len(query_ids):], skip_special_tokens=True).strip()
+        plain_answer = None
+        if plain_store is not None:
+            plain = PacketCache.from_packets(plain_store.get_many(docs, progress=False), model=model, tokenizer=tok,
+                                             preamble=preamble)
+            out = model.generate(**plain.inputs_for(query_ids), max_new_tokens=max_new_tokens, do_sample=False)
+            plain_answer = tok.decode(out[0, len(query_ids):], skip_special_tokens=True).strip()
         full = model.generate(input_ids=torch.tensor([full_ids]), attention_mask=torch.ones(1, len(full_ids), dtype=torch.long),
                               max_new_tokens=max_new_tokens, do_sample=False)
         full_answer = tok.decode(full[0, len(full_ids):], skip_special_tokens=True).strip()
         t_packet, t_full = statistics.median(packet_times), statistics.median(full_times)
         rows.append({"question": item["question"], "gold": item["answer"], "kvpacket": answer, "full": full_answer,
-                     "ttft_kvpacket_s": t_packet, "ttft_full_s": t_full})
-        print(f"\nQ: {item['question']}  (gold: {item['answer']})\n  KV Packet     : {answer!r}\n  full prefill  : "
-              f"{full_answer!r}\n  TTFT          : {t_packet * 1e3:.1f} ms with packets vs {t_full * 1e3:.1f} ms full "
-              f"prefill ({t_full / t_packet:.1f}x), context {len(full_ids) - len(query_ids)} tokens")
+                     "no_recompute": plain_answer, "ttft_kvpacket_s": t_packet, "ttft_full_s": t_full})
+        label = "KV Packet" if adapter is not None else "packets"
+        print(f"\nQ: {item['question']}  (gold: {item['answer']})\n  {label:<14}: {answer!r}")
+        if plain_answer is not None:
+            print(f"  {'no recompute':<14}: {plain_answer!r}")
+        print(f"  {'full prefill':<14}: {full_answer!r}\n  {'TTFT':<14}: {t_packet * 1e3:.1f} ms with packets vs "
+              f"{t_full * 1e3:.1f} ms full prefill ({t_full / t_packet:.1f}x), context "
+              f"{len(full_ids) - len(query_ids)} tokens")
     print(f"\nStore {store_dir}: {store.stats}")
     ratio = statistics.median(r["ttft_full_s"] / r["ttft_kvpacket_s"] for r in rows)
     print(f"Median TTFT speed-up over full prefill: {ratio:.1f}x")
