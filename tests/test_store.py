@@ -66,6 +66,48 @@ def test_corrupt_and_truncated_files_raise_and_others_work(tmp_path, model):
     assert store.get(DOCS[2]).token_ids == tuple(tok(DOCS[2])["input_ids"])
 
 
+def test_checksum_catches_every_single_bit_flip():
+    from hf_kvpacket.store import _checksum
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = {"k.0": torch.randn(1, 2, 700, 8, generator=gen), "token_ids": torch.arange(13)}  # 44,904 + 104 bytes
+    ref = _checksum(tensors)
+    for name, t in tensors.items():
+        raw = t.reshape(-1).view(torch.uint8)
+        for pos in torch.randint(0, raw.numel(), (40,), generator=gen).tolist() + [0, raw.numel() - 1]:
+            for bit in (0, 7):  # low bits of a word's low byte and the sign bit of its high byte
+                flipped = {k: v.clone() for k, v in tensors.items()}
+                flipped[name].reshape(-1).view(torch.uint8)[pos] ^= 1 << bit
+                assert _checksum(flipped) != ref, (name, pos, bit)
+    swapped = {k: v.clone() for k, v in tensors.items()}  # blocks moved across rows of words
+    w = swapped["k.0"].reshape(-1)
+    w[:2048], w[2048:4096] = w[2048:4096].clone(), w[:2048].clone()
+    assert _checksum(swapped) != ref
+
+
+def test_files_with_the_older_crc32_checksum_still_load(tmp_path, model):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from hf_kvpacket.store import _checksum
+
+    store = PacketStore(tmp_path, model, ToyTokenizer(), max_memory_bytes=0)
+    packet = store.get(DOCS[0])
+    path = store.path(store.key(ToyTokenizer()(DOCS[0])["input_ids"]))
+    with safe_open(path, framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    assert meta["checksum_algo"] == "wsum64-v1"
+    del meta["checksum_algo"]
+    meta["checksum"] = _checksum(tensors, "crc32")
+    save_file(tensors, path, metadata=meta)
+    again = PacketStore(tmp_path, model, ToyTokenizer(), max_memory_bytes=0).get(DOCS[0])
+    assert all(torch.equal(a, b) for a, b in zip(packet.keys, again.keys))
+    meta["checksum"] = "00000000"
+    save_file(tensors, path, metadata=meta)
+    with pytest.raises(PacketStoreError, match="checksum mismatch"):
+        PacketStore(tmp_path, model, ToyTokenizer(), max_memory_bytes=0).get(DOCS[0])
+
+
 def _writer(args):
     path, seed, rounds = args
     model = build("llama")

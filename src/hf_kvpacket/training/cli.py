@@ -33,6 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-steps", type=int, default=25)
     p.add_argument("--max-steps", type=int, default=-1)
     p.add_argument("--resume", action="store_true", help="resume from the last checkpoint in the work dir")
+    p.add_argument("--init-from", default=None,
+                   help="adapter folder or Hub id to start from (warm start, e.g. a per-task adapter from the mixture)")
+    p.add_argument("--teacher-from", default=None,
+                   help="reuse the teacher answers of another run's work dir (rows of --task only, when it differs)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--export-only", action="store_true",
                    help="write the best checkpoint so far to --output (e.g. while or after an interrupted run)")
@@ -70,13 +74,34 @@ def export_best(work_dir: str, output: str, task: str | None = None, eval_result
     return best
 
 
+def _teacher_dir(path: str) -> str:
+    return os.path.join(path, "teacher") if os.path.isdir(os.path.join(path, "teacher")) else path
+
+
+def load_teacher_dataset(path: str):
+    """The teacher rows stored by a run (its work dir or its `teacher` folder), in their original order."""
+    import datasets
+
+    tdir = _teacher_dir(path)
+    shards = sorted(d for d in os.listdir(tdir) if d.startswith("shard-") and not d.endswith(".tmp"))
+    if not shards:
+        raise FileNotFoundError(f"No teacher shards in {tdir}.")
+    return datasets.concatenate_datasets([datasets.load_from_disk(os.path.join(tdir, d)) for d in shards])
+
+
 def train_adapter(model: str, task: str, output: str, work_dir: str | None = None, num_train: int = 512,
                   num_val: int = 64, seed: int = 42, epochs: float = 30, lr: float = 5e-4, batch_size: int = 4,
                   grad_accum: int = 4, max_context_tokens: int = 768, max_new_tokens: int = 24, header: int = 8,
                   trailer: int = 8, loss: str = "kl", dtype: str = "bfloat16", eval_steps: int = 25,
                   max_steps: int = -1, resume: bool = False, no_progress: bool = False,
+                  init_from: str | None = None, teacher_from: str | None = None,
                   model_and_tokenizer: tuple[Any, Any] | None = None) -> dict[str, Any]:
-    """Teacher answers (cached) -> distillation with a linear-decay schedule -> best adapter (lowest held-out KL)."""
+    """Teacher answers (cached) -> distillation with a linear-decay schedule -> best adapter (lowest held-out KL).
+
+    `init_from` warm-starts from an existing adapter (same model and slot counts); `teacher_from` reuses the teacher
+    answers stored in another run's work dir, keeping the rows of `task` (so per-task adapters can be fine-tuned from
+    a mixture run without a second teacher pass). Validation rows stay the first `num_val` rows of that data.
+    """
     from transformers import TrainingArguments
 
     from ..adapter import PacketAdapter
@@ -94,16 +119,33 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
         base, tok = model_and_tokenizer
     torch.manual_seed(seed)
     # Train and validation rows both come from the training split (index >= 4000 / train streams).
-    rows = load_task(task, split="train", num_samples=num_train + num_val, seed=seed)
-    rows = rows.shuffle(seed=seed)
-    tcfg = TeacherConfig(max_new_tokens=max_new_tokens, max_context_tokens=max_context_tokens)
-    teacher = build_teacher_dataset(base, tok, rows, os.path.join(work_dir, "teacher"), tcfg, progress=not no_progress)
+    if teacher_from is not None:
+        teacher = load_teacher_dataset(teacher_from)
+        if task != "mixture":
+            teacher = teacher.filter(lambda r: r["task"] == task)
+        if len(teacher) == 0:
+            raise ValueError(f"{teacher_from} holds no teacher rows of task {task!r}.")
+        with open(os.path.join(_teacher_dir(teacher_from), "teacher_config.json")) as f:
+            tcfg_used = json.load(f)
+        max_new_tokens, max_context_tokens = tcfg_used["max_new_tokens"], tcfg_used["max_context_tokens"]
+        teacher = teacher.select(range(min(len(teacher), num_train + num_val)))
+    else:
+        rows = load_task(task, split="train", num_samples=num_train + num_val, seed=seed)
+        rows = rows.shuffle(seed=seed)
+        tcfg = TeacherConfig(max_new_tokens=max_new_tokens, max_context_tokens=max_context_tokens)
+        teacher = build_teacher_dataset(base, tok, rows, os.path.join(work_dir, "teacher"), tcfg,
+                                        progress=not no_progress)
     teacher = teacher.filter(lambda r: len(r["teacher_ids"]) > 0)
     val = teacher.select(range(min(num_val, len(teacher))))
     train = teacher.select(range(len(val), len(teacher)))
     adapter_path = os.path.join(work_dir, "init_adapter")
     if os.path.isdir(adapter_path):
         adapter = PacketAdapter.from_pretrained(adapter_path)
+    elif init_from is not None:
+        adapter = PacketAdapter.from_pretrained(init_from)
+        header, trailer = adapter.config.num_header_tokens, adapter.config.num_trailer_tokens  # the warm start's
+        adapter.config.task = task
+        adapter.save_pretrained(adapter_path, model_card=False)
     else:
         adapter = PacketAdapter.for_model(base, header, trailer, seed=seed, task=task)
         from ..offline_models import OFFLINE_MODELS
@@ -138,7 +180,7 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     training_args = {"task": task, "num_train": len(train), "num_val": len(val), "epochs": epochs, "lr": lr,
                      "effective_batch": batch_size * grad_accum, "schedule": "linear decay", "loss": loss,
                      "max_context_tokens": max_context_tokens, "teacher_max_new_tokens": max_new_tokens,
-                     "dtype": dtype, "best_val_kl": metrics.get("eval_loss"), "steps": trainer.state.global_step,
+                     "dtype": dtype, "init_from": init_from, "teacher_from": teacher_from, "best_val_kl": metrics.get("eval_loss"), "steps": trainer.state.global_step,
                      "train_minutes": round((time.time() - start) / 60, 1)}
     adapter.save_pretrained(output, training_args=training_args, datasets=[task])
     with open(os.path.join(output, "training_log.json"), "w") as f:
