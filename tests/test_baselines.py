@@ -364,6 +364,29 @@ def test_resume_refuses_a_retrained_adapter(tmp_path):
         run_tiny_eval(tmp_path, adapter=str(tmp_path / "adapter"), num_samples=3, methods=("kv_packet",), resume=True)
 
 
+def test_reuse_from_copies_only_adapter_independent_answers(tmp_path, monkeypatch):
+    from hf_kvpacket.baselines import FullRecompute
+    from hf_kvpacket.evaluation.runner import EvalRunError
+
+    run_tiny_eval(tmp_path, methods=("full_recompute", "kv_packet"))
+    first = {(r["method"], r["id"]): r for r in read_jsonl(tmp_path / "run" / "samples.jsonl")}
+    monkeypatch.setattr(FullRecompute, "answer", lambda *a, **k: pytest.fail("a reused answer was recomputed"))
+    PacketAdapter.for_model(build("llama"), 2, 2, seed=7).save_pretrained(tmp_path / "new", model_card=False)
+    summary = run_tiny_eval(tmp_path, methods=("full_recompute", "kv_packet"), adapter=str(tmp_path / "new"),
+                            reuse_from=str(tmp_path / "run"), output=str(tmp_path / "second"))
+    records = read_jsonl(tmp_path / "second" / "samples.jsonl")
+    assert len(records) == 4 and summary["results"]["biography"]["kv_packet"]["n"] == 2
+    for r in records:
+        if r["method"] == "full_recompute":
+            assert r["reused_from"] == str(tmp_path / "run") and r["answer"] == first[(r["method"], r["id"])]["answer"]
+        else:
+            assert "reused_from" not in r
+    assert "--reuse-from" in summary["meta"]["command"]
+    with pytest.raises(EvalRunError, match="max_new_tokens"):
+        run_tiny_eval(tmp_path, methods=("full_recompute",), max_new_tokens=5, reuse_from=str(tmp_path / "run"),
+                      output=str(tmp_path / "third"))
+
+
 def read_jsonl_tolerant(path):
     from hf_kvpacket.evaluation.report import read_records
 

@@ -57,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--split", default="eval", help="dataset split (default: %(default)s)")
+    parser.add_argument("--reuse-from", default=None, metavar="DIR",
+                        help="copy answers of methods without the adapter from this results folder (same settings)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up answer per method")
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild results.json, results.md and the plots from --output/samples.jsonl; run nothing")
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             num_samples=args.num_samples, adapter=args.adapter, seed=args.seed, max_new_tokens=args.max_new_tokens,
             output=args.output, resume=args.resume, system_prompt=args.system_prompt, dtype=args.dtype,
             threads=args.threads, device=args.device, warmup=not args.no_warmup, split=args.split,
-            explicit_methods=args.methods is not None,
+            reuse_from=args.reuse_from, explicit_methods=args.methods is not None,
         )
         summary = run_evaluation(config, progress=not args.no_progress)
     print((Path(args.output) / "results.md").read_text(encoding="utf-8"))

@@ -89,6 +89,11 @@ class EvalConfig:
         Run every method once, untimed, before the first timed answer (first calls pay one-time costs).
     split:
         Dataset split (``"eval"``; held-out rule of each task).
+    reuse_from:
+        Another results folder of the same model, seed, split, budget, system prompt and dtype: answers of methods
+        that do not use the adapter (everything but `kv_packet`) are copied from it instead of recomputed, e.g. to
+        compare a new adapter against the full-recompute answers of an earlier run. Copied records keep their
+        timings and are marked ``"reused_from"``.
     """
 
     model: str = "smollm2-135m-instruct"
@@ -106,6 +111,7 @@ class EvalConfig:
     device: str | None = None
     warmup: bool = True
     split: str = "eval"
+    reuse_from: str | None = None
     explicit_methods: bool = field(default=False, repr=False)
 
     def command(self) -> str:
@@ -131,6 +137,8 @@ class EvalConfig:
             args += ["--device", self.device]
         if self.split != "eval":
             args += ["--split", self.split]
+        if self.reuse_from:
+            args += ["--reuse-from", self.reuse_from]
         args += ["--output", self.output]
         return shlex.join(args)
 
@@ -227,6 +235,35 @@ def _check_adapter_unchanged(output: Path, adapter: PacketAdapter | None, done: 
         )
 
 
+def _reuse_answers(config: EvalConfig, methods: Sequence[BaselineMethod], datasets: dict[str, Any],
+                   done: set, sink: Any) -> int:
+    """Copy adapter-independent answers from `config.reuse_from` (see `EvalConfig.reuse_from`); returns how many."""
+    source = Path(config.reuse_from)
+    saved_path = source / RUN_CONFIG_FILE
+    if not (source / SAMPLES_FILE).is_file() or not saved_path.is_file():
+        raise EvalRunError(f"--reuse-from {source}: no {SAMPLES_FILE} / {RUN_CONFIG_FILE} there.")
+    saved = json.loads(saved_path.read_text(encoding="utf-8")).get("config", {})
+    current = asdict(config)
+    changed = [k for k in _FROZEN if k != "adapter" and saved.get(k) != current[k]]
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+        raise EvalRunError(f"Cannot reuse answers of {source}: settings differ ({diffs}).")
+    from .report import read_records
+
+    wanted = {(task, m.label, str(row["id"])) for task, ds in datasets.items() for row in ds
+              for m in methods if not isinstance(m, KVPacket)}
+    n = 0
+    for r in read_records(source / SAMPLES_FILE):
+        key = (r["task"], r["method"], str(r["id"]))
+        if "error" in r or key not in wanted or key in done:
+            continue
+        sink.write(json.dumps({**r, "reused_from": r.get("reused_from", str(source))}, ensure_ascii=False) + "\n")
+        done.add(key)
+        n += 1
+    sink.flush()
+    return n
+
+
 def _drop_partial_line(path: Path) -> None:
     """Cut a half-written last line (an interrupted run) so that appended records start on a fresh line."""
     data = path.read_bytes()
@@ -307,9 +344,13 @@ def run_evaluation(config: EvalConfig, model: torch.nn.Module | None = None, tok
                                           encoding="utf-8")
     datasets = {task: load_task(task, split=config.split, num_samples=config.num_samples, seed=config.seed)
                 for task in config.tasks}
+    warmed = not config.warmup
+    with (output / SAMPLES_FILE).open("a", encoding="utf-8") as sink:
+        if config.reuse_from:
+            logger.info("Reused %d answers from %s.", _reuse_answers(config, methods, datasets, done, sink),
+                        config.reuse_from)
     todo = sum(1 for task, ds in datasets.items() for row in ds for m in methods
                if (task, m.label, str(row["id"])) not in done)
-    warmed = not config.warmup
     with (output / SAMPLES_FILE).open("a", encoding="utf-8") as sink, \
             tqdm(total=todo, desc="eval", unit="answer", disable=not progress, dynamic_ncols=True) as bar:
         for task, ds in datasets.items():
@@ -318,8 +359,11 @@ def run_evaluation(config: EvalConfig, model: torch.nn.Module | None = None, tok
                 if not pending:
                     continue
                 if not warmed:
+                    busy = {m.label for t, d in datasets.items() for r in d for m in methods
+                            if (t, m.label, str(r["id"])) not in done}
                     for m in methods:  # one-time costs (kernels, allocator, rotation tables) stay out of timings
-                        m.answer(ctx, row, max_new_tokens=2)
+                        if m.label in busy:
+                            m.answer(ctx, row, max_new_tokens=2)
                     warmed = True
                 for m in pending:
                     bar.set_postfix_str(f"{task} {m.label}", refresh=False)
