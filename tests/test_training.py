@@ -99,3 +99,35 @@ def test_short_training_run_lowers_kl(tmp_path):
     wrapper.adapter.save_pretrained(trainer_ckpt)
     again = PacketAdapter.from_pretrained(trainer_ckpt)
     assert torch.equal(again.header, wrapper.adapter.header) and again.fingerprint == wrapper.adapter.fingerprint
+
+
+def test_train_cli_end_to_end_warm_start_and_teacher_reuse(tmp_path):
+    """`kvpacket train` on a tiny model: a mixture run, then a per-task run warm-started from it that reuses its
+    teacher rows of one task, then an export of the best checkpoint."""
+    import json
+
+    from hf_kvpacket.training.cli import export_best, load_teacher_dataset, train_adapter
+    from tiny_models import ToyTokenizer
+
+    mt = (build("llama"), ToyTokenizer())
+    common = dict(model="tiny-llama", batch_size=2, grad_accum=1, max_steps=2, eval_steps=1, max_context_tokens=160,
+                  max_new_tokens=3, header=2, trailer=2, dtype="float32", no_progress=True, model_and_tokenizer=mt)
+    mix = train_adapter(task="mixture", output=str(tmp_path / "mix"), num_train=8, num_val=4, **common)
+    assert mix["training_args"]["steps"] == 2
+    log = json.loads((tmp_path / "mix" / "training_log.json").read_text())
+    assert log["log_history"][0]["step"] == 0 and "eval_loss" in log["log_history"][0]  # the starting point
+    teacher = load_teacher_dataset(str(tmp_path / "mix.work"))
+    assert len(teacher) == 12 and len(set(teacher["task"])) > 1
+
+    start = PacketAdapter.from_pretrained(tmp_path / "mix")
+    per_task = train_adapter(task="niah", output=str(tmp_path / "niah"), num_train=8, num_val=1,
+                             init_from=str(tmp_path / "mix"), teacher_from=str(tmp_path / "mix.work"), **common)
+    assert per_task["training_args"]["num_train"] == sum(t == "niah" for t in teacher["task"]) - 1
+    init = PacketAdapter.from_pretrained(tmp_path / "niah.work" / "init_adapter")
+    assert torch.equal(init.header, start.header) and init.config.task == "niah"
+    with pytest.raises(ValueError, match="no teacher rows"):
+        train_adapter(task="nosuchtask", output=str(tmp_path / "x"), teacher_from=str(tmp_path / "mix.work"), **common)
+    best = export_best(str(tmp_path / "niah.work"), str(tmp_path / "exported"))
+    card = (tmp_path / "exported" / "README.md").read_text()
+    assert "niah" in card and PacketAdapter.from_pretrained(best).fingerprint == \
+        PacketAdapter.from_pretrained(tmp_path / "exported").fingerprint

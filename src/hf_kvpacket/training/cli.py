@@ -79,14 +79,26 @@ def _teacher_dir(path: str) -> str:
 
 
 def load_teacher_dataset(path: str):
-    """The teacher rows stored by a run (its work dir or its `teacher` folder), in their original order."""
+    """The teacher rows stored by one or more runs (comma-separated work dirs or `teacher` folders), in order.
+
+    Several runs must share the teacher settings (answer budget, context budget); the first run's rows come first,
+    so a later run's `num_val` validation rows stay those of the first.
+    """
     import datasets
 
-    tdir = _teacher_dir(path)
-    shards = sorted(d for d in os.listdir(tdir) if d.startswith("shard-") and not d.endswith(".tmp"))
-    if not shards:
-        raise FileNotFoundError(f"No teacher shards in {tdir}.")
-    return datasets.concatenate_datasets([datasets.load_from_disk(os.path.join(tdir, d)) for d in shards])
+    parts, settings = [], None
+    for one in path.split(","):
+        tdir = _teacher_dir(one)
+        with open(os.path.join(tdir, "teacher_config.json")) as f:
+            cfg = json.load(f)
+        if settings is not None and cfg != settings:
+            raise ValueError(f"{tdir} was made with other teacher settings than {path.split(',')[0]}: {cfg}")
+        settings = cfg
+        shards = sorted(d for d in os.listdir(tdir) if d.startswith("shard-") and not d.endswith(".tmp"))
+        if not shards:
+            raise FileNotFoundError(f"No teacher shards in {tdir}.")
+        parts += [datasets.load_from_disk(os.path.join(tdir, d)) for d in shards]
+    return datasets.concatenate_datasets(parts)
 
 
 def train_adapter(model: str, task: str, output: str, work_dir: str | None = None, num_train: int = 512,
@@ -125,7 +137,7 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
             teacher = teacher.filter(lambda r: r["task"] == task)
         if len(teacher) == 0:
             raise ValueError(f"{teacher_from} holds no teacher rows of task {task!r}.")
-        with open(os.path.join(_teacher_dir(teacher_from), "teacher_config.json")) as f:
+        with open(os.path.join(_teacher_dir(teacher_from.split(",")[0]), "teacher_config.json")) as f:
             tcfg_used = json.load(f)
         max_new_tokens, max_context_tokens = tcfg_used["max_new_tokens"], tcfg_used["max_context_tokens"]
         teacher = teacher.select(range(min(len(teacher), num_train + num_val)))
@@ -157,22 +169,22 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     collator = DistillationCollator(header, trailer, pad_token_id=pad)
     steps_per_epoch = math.ceil(len(train) / (batch_size * grad_accum))
+    last = None
+    ckpt_dir = os.path.join(work_dir, "checkpoints")
+    if resume and os.path.isdir(ckpt_dir):
+        cks = sorted((d for d in os.listdir(ckpt_dir) if d.startswith("checkpoint-")), key=lambda d: int(d.split("-")[1]))
+        last = os.path.join(ckpt_dir, cks[-1]) if cks else None
     targs = TrainingArguments(
-        output_dir=os.path.join(work_dir, "checkpoints"), per_device_train_batch_size=batch_size,
+        output_dir=ckpt_dir, per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=batch_size, gradient_accumulation_steps=grad_accum, learning_rate=lr,
         weight_decay=0.0, lr_scheduler_type="linear", warmup_steps=min(10, steps_per_epoch), num_train_epochs=epochs,
         max_steps=max_steps, eval_strategy="steps", eval_steps=eval_steps, save_strategy="steps",
         save_steps=eval_steps, save_total_limit=3, load_best_model_at_end=True, metric_for_best_model="eval_loss",
-        greater_is_better=False, logging_steps=5, eval_on_start=not resume, remove_unused_columns=False, report_to=[], use_cpu=True,
+        greater_is_better=False, logging_steps=5, eval_on_start=last is None, remove_unused_columns=False, report_to=[], use_cpu=True,
         dataloader_num_workers=0, disable_tqdm=no_progress, seed=seed, label_names=["labels"],
     )
     trainer = PacketDistillationTrainer(model=wrapper, args=targs, train_dataset=train, eval_dataset=val,
                                         data_collator=collator)
-    last = None
-    ckpt_dir = targs.output_dir
-    if resume and os.path.isdir(ckpt_dir):
-        cks = sorted((d for d in os.listdir(ckpt_dir) if d.startswith("checkpoint-")), key=lambda d: int(d.split("-")[1]))
-        last = os.path.join(ckpt_dir, cks[-1]) if cks else None
     start = time.time()
     trainer.train(resume_from_checkpoint=last)
     metrics = trainer.evaluate()
