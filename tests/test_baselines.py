@@ -417,6 +417,22 @@ def test_report_only_and_docs_page(tmp_path):
     assert (tmp_path / "docs" / "img" / "run-f1_vs_ttft.png").is_file()
 
 
+def test_docs_page_summarises_per_task_adapters(tmp_path):
+    from hf_kvpacket.evaluation.report import render_docs
+
+    run_tiny_eval(tmp_path, methods=("full_recompute", "no_recompute", "kv_packet"))
+    PacketAdapter.for_model(build("llama"), 2, 2, seed=3).save_pretrained(tmp_path / "bio", model_card=False)
+    run_tiny_eval(tmp_path, methods=("full_recompute", "no_recompute", "kv_packet"), adapter=str(tmp_path / "bio"),
+                  reuse_from=str(tmp_path / "run"), output=str(tmp_path / "per-task-bio"))
+    page = render_docs([tmp_path / "run"], tmp_path / "docs" / "results.md", per_task_dirs=[tmp_path / "per-task-bio"],
+                       notes="## Learning curves\n\nvalidation KL ...")
+    text = page.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| tiny-llama | biography |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == f"`{tmp_path / 'bio'}`" and cells[3] == "2" and cells[6] != "—"  # mixture column filled
+    assert text.rstrip().endswith("validation KL ...")
+
+
 def test_aggregate_fidelity_and_dedup():
     from hf_kvpacket.evaluation.report import aggregate, markdown_tables
 

@@ -66,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also render the results as a docs page (e.g. docs/results.md, plots under docs/img/)")
     parser.add_argument("--docs-extra", type=_csv, default=[], metavar="DIRS",
                         help="with --docs: more results folders (comma list) rendered as further sections of the page")
+    parser.add_argument("--docs-per-task", type=_csv, default=[], metavar="DIRS",
+                        help="with --docs: results folders of task-specific adapters, summarised in one table")
+    parser.add_argument("--docs-notes", default=None, metavar="FILE",
+                        help="with --docs: a markdown file appended to the page (learning curves, what was tried)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -88,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         summary = run_evaluation(config, progress=not args.no_progress)
     print((Path(args.output) / "results.md").read_text(encoding="utf-8"))
     if args.docs:
-        page = render_docs([args.output, *args.docs_extra], args.docs)
+        notes = Path(args.docs_notes).read_text(encoding="utf-8") if args.docs_notes else None
+        page = render_docs([args.output, *args.docs_extra], args.docs, per_task_dirs=args.docs_per_task, notes=notes)
         print(f"Wrote {page}")
     print(json.dumps({"output": str(args.output), "methods": summary["methods"], "tasks": summary["tasks"]}))
     return 0

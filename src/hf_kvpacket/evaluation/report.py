@@ -397,9 +397,46 @@ def _meta_line(meta: Mapping[str, Any]) -> str:
     return "; ".join(parts) + "." if parts else ""
 
 
+def _load_summary(results_dir: Path) -> dict[str, Any]:
+    if not (results_dir / RESULTS_FILE).is_file():
+        write_report(results_dir)
+    return json.loads((results_dir / RESULTS_FILE).read_text(encoding="utf-8"))
+
+
+def per_task_adapter_table(per_task_dirs: Sequence[str | os.PathLike],
+                           main_dirs: Sequence[str | os.PathLike] = (), method: str = "kv_packet") -> str:
+    """One row per (model, task) run of a task-specific adapter: its F1 and fidelity beside full recompute, no
+    recompute and, when a main folder of the same model has it on the same examples, the mixture adapter."""
+    mains: dict[str, dict[str, Any]] = {}
+    for d in main_dirs:
+        summary = _load_summary(Path(d))
+        mains[summary.get("meta", {}).get("model", "")] = summary
+    head = ("| model | task | adapter | n | full recompute F1 | no recompute F1 | mixture adapter F1 (fidelity) | "
+            "task adapter F1 (fidelity) |")
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    for d in per_task_dirs:
+        summary = _load_summary(Path(d))
+        meta = summary.get("meta", {})
+        for task in summary["tasks"]:
+            cell = summary["results"][task]
+            if method not in cell:
+                continue
+            main = mains.get(meta.get("model", ""), {}).get("results", {}).get(task, {}).get(method)
+            mix = f"{_fmt(main['f1'], 'score')} ({_fmt(main['fidelity'], 'score')})" if main else "—"
+
+            def f1(name: str) -> str:
+                return _fmt(cell[name]["f1"], "score") if name in cell else "—"
+
+            lines.append(f"| {meta.get('model', '?')} | {task} | `{meta.get('adapter', '?')}` | {cell[method]['n']} | "
+                         f"{f1('full_recompute')} | {f1('no_recompute')} | {mix} | {f1(method)} "
+                         f"({_fmt(cell[method]['fidelity'], 'score')}) |")
+    return "\n".join(lines)
+
+
 def render_docs(results_dirs: str | os.PathLike | Sequence[str | os.PathLike],
                 docs_path: str | os.PathLike = "docs/results.md", image_dir: str | os.PathLike | None = None,
-                title: str = "Results") -> Path:
+                title: str = "Results", per_task_dirs: Sequence[str | os.PathLike] = (),
+                notes: str | None = None) -> Path:
     """Write a docs page from one or more results folders: tables, plots (copied to `image_dir`), exact commands.
 
     Parameters
@@ -413,6 +450,10 @@ def render_docs(results_dirs: str | os.PathLike | Sequence[str | os.PathLike],
         Where the plot images go (default `img/` beside the page); they are named after each results folder.
     title:
         Page title.
+    per_task_dirs:
+        Results folders of task-specific adapters (one task each), summarised in one table at the end.
+    notes:
+        Markdown appended at the end (e.g. learning curves and what was tried).
 
     Returns
     -------
@@ -455,6 +496,13 @@ def render_docs(results_dirs: str | os.PathLike | Sequence[str | os.PathLike],
                   f"`{meta.get('adapter') or 'none'}`.", "", "Reproduce with:", "", "```bash",
                   meta.get("command", "kvpacket eval ..."), "```", "", _meta_line(meta), "", markdown_tables(summary),
                   f"![Token F1 per task]({images[PLOT_F1]})", "", f"![F1 vs TTFT]({images[PLOT_TTFT]})", ""]
+    if per_task_dirs:
+        lines += ["## Per-task adapters", "", "Each task-specific adapter evaluated on its own task, on the same "
+                  "examples as the sections above (their full-recompute and no-recompute answers are reused: "
+                  "`--reuse-from`). Commands are in each folder's `results.md`.", "",
+                  per_task_adapter_table(per_task_dirs, dirs), ""]
+    if notes:
+        lines += [notes.rstrip(), ""]
     docs_path.write_text("\n".join(lines), encoding="utf-8")
     return docs_path
 
