@@ -1,6 +1,7 @@
 """Adapter artifacts: exact save/load, fingerprints, model cards, and push_to_hub through a mocked HTTP layer."""
 
 import base64
+import os
 import json
 
 import pytest
@@ -122,3 +123,34 @@ def test_push_to_hub_through_mocked_http(tmp_path, monkeypatch):
     assert set(files) >= {"adapter_config.json", "adapter_model.safetensors", "README.md", EVAL_RESULTS_NAME}
     card = files["README.md"].decode()
     assert GENERATED_MARKER in card and yaml.safe_load(card.split("---")[1])["tags"]
+
+
+def _shipped_adapters():
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "adapters")
+    return sorted(os.path.join(root, d) for d in os.listdir(root)) if os.path.isdir(root) else []
+
+
+@pytest.mark.parametrize("folder", _shipped_adapters(), ids=os.path.basename)
+def test_shipped_adapter_cards_match_their_evaluation(folder):
+    """Every adapter under adapters/ loads, and its card's model-index equals the eval run it names."""
+    import json
+
+    import yaml
+
+    from hf_kvpacket.training.card_results import card_results_from_eval
+
+    repo = os.path.dirname(os.path.dirname(folder))
+    adapter = PacketAdapter.from_pretrained(folder)
+    assert adapter.header.abs().sum() > 0
+    card = open(os.path.join(folder, "README.md"), encoding="utf-8").read()
+    meta = yaml.safe_load(card.split("---")[1])
+    with open(os.path.join(folder, "training_log.json"), encoding="utf-8") as f:
+        source = json.load(f)["training_args"].get("eval_source")
+    if source is None:
+        assert "model-index" not in meta  # no numbers without a source
+        return
+    expected = card_results_from_eval(os.path.join(repo, source))
+    with open(os.path.join(folder, "eval_results.json"), encoding="utf-8") as f:
+        assert json.load(f) == expected
+    in_card = {r["dataset"]["name"]: {m["type"]: m["value"] for m in r["metrics"]} for r in meta["model-index"][0]["results"]}
+    assert in_card == {t: {k: pytest.approx(v) for k, v in m.items()} for t, m in expected.items()}

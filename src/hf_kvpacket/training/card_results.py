@@ -38,5 +38,19 @@ def update_card(adapter_dir: str, results_json: str, **extra: Any) -> None:
         training_args["val_kl_curve"] = [(h["step"], round(h["eval_loss"], 4)) for h in log.get("log_history", [])
                                          if "eval_loss" in h]
     training_args.update(extra)
-    adapter.save_pretrained(adapter_dir, eval_results=card_results_from_eval(results_json),
-                            training_args=training_args, datasets=["biography", "niah", "hotpotqa", "squad"])
+    # Where the card's numbers come from (relative to the working directory, normally the repository root), so a
+    # test can check that every shipped card matches its evaluation.
+    training_args["eval_source"] = os.path.relpath(results_json).replace(os.sep, "/")
+    with open(results_json, encoding="utf-8") as f:
+        command = json.load(f).get("meta", {}).get("command")
+    if command:
+        training_args["eval_command"] = command
+    if os.path.exists(log_path):
+        # extras and the eval source persist, so the next update keeps them
+        log["training_args"].update({k: v for k, v in training_args.items() if k != "val_kl_curve"})
+        with open(log_path, "w", encoding="utf-8") as f:
+            json.dump(log, f, indent=1)
+    results = card_results_from_eval(results_json)
+    task = training_args.get("task") or adapter.config.task
+    datasets = list(results) if task in (None, "mixture") else [task]
+    adapter.save_pretrained(adapter_dir, eval_results=results, training_args=training_args, datasets=datasets)
