@@ -125,6 +125,14 @@ def test_train_cli_end_to_end_warm_start_and_teacher_reuse(tmp_path):
     assert per_task["training_args"]["num_train"] == sum(t == "niah" for t in teacher["task"]) - 1
     init = PacketAdapter.from_pretrained(tmp_path / "niah.work" / "init_adapter")
     assert torch.equal(init.header, start.header) and init.config.task == "niah"
+    log = json.loads((tmp_path / "niah" / "training_log.json").read_text())
+    assert log["training_args"]["init_from"] == str(tmp_path / "mix") and log["previous"]["training_args"]["steps"] == 2
+    from hf_kvpacket.training.curves import learning_curves_markdown, load_chain, plot_learning_curves
+
+    chain = load_chain(str(tmp_path / "niah"))
+    assert [r.task for r in chain] == ["mixture", "niah"] and [s for s, _ in chain[1].val_kl] == [0, 1, 2]
+    assert plot_learning_curves([str(tmp_path / "niah")], str(tmp_path / "lc.png")) and (tmp_path / "lc.png").is_file()
+    assert learning_curves_markdown([str(tmp_path / "niah")]).count("| `niah` |") == 2
     with pytest.raises(ValueError, match="no teacher rows"):
         train_adapter(task="nosuchtask", output=str(tmp_path / "x"), teacher_from=str(tmp_path / "mix.work"), **common)
     best = export_best(str(tmp_path / "niah.work"), str(tmp_path / "exported"))

@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import time
 from typing import Any
 
@@ -69,9 +70,19 @@ def export_best(work_dir: str, output: str, task: str | None = None, eval_result
                      "val_kl_curve": [(h["step"], round(h["eval_loss"], 4)) for h in evals]}
     adapter.save_pretrained(output, training_args=training_args, eval_results=eval_results,
                             datasets=[training_args["task"]] if training_args["task"] else None)
-    with open(os.path.join(output, "training_log.json"), "w") as f:
-        json.dump({"training_args": training_args, "log_history": state["log_history"]}, f, indent=1)
+    _write_log(output, work_dir, training_args, state["log_history"])
     return best
+
+
+def _write_log(output: str, work_dir: str, training_args: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    """training_log.json of an adapter; a warm-started run embeds the log of the adapter it started from."""
+    log: dict[str, Any] = {"training_args": training_args, "log_history": history}
+    previous = os.path.join(work_dir, "init_adapter", "training_log.json")
+    if os.path.exists(previous):
+        with open(previous) as f:
+            log["previous"] = json.load(f)
+    with open(os.path.join(output, "training_log.json"), "w") as f:
+        json.dump(log, f, indent=1)
 
 
 def _teacher_dir(path: str) -> str:
@@ -158,6 +169,9 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
         header, trailer = adapter.config.num_header_tokens, adapter.config.num_trailer_tokens  # the warm start's
         adapter.config.task = task
         adapter.save_pretrained(adapter_path, model_card=False)
+        if os.path.exists(os.path.join(init_from, "training_log.json")):  # provenance of the warm start
+            shutil.copyfile(os.path.join(init_from, "training_log.json"),
+                            os.path.join(adapter_path, "training_log.json"))
     else:
         adapter = PacketAdapter.for_model(base, header, trailer, seed=seed, task=task)
         from ..offline_models import OFFLINE_MODELS
@@ -195,6 +209,5 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
                      "dtype": dtype, "init_from": init_from, "teacher_from": teacher_from, "best_val_kl": metrics.get("eval_loss"), "steps": trainer.state.global_step,
                      "train_minutes": round((time.time() - start) / 60, 1)}
     adapter.save_pretrained(output, training_args=training_args, datasets=[task])
-    with open(os.path.join(output, "training_log.json"), "w") as f:
-        json.dump({"training_args": training_args, "log_history": history}, f, indent=1)
+    _write_log(output, work_dir, training_args, history)
     return {"metrics": metrics, "training_args": training_args}

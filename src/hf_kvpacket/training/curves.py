@@ -1,0 +1,126 @@
+"""Learning curves of trained adapters (held-out KL vs training samples), as a plot and a markdown table.
+
+Reads each adapter's `training_log.json`; a warm-started adapter's log embeds the log of the adapter it started from
+(`previous`), so a chain of resumed or continued runs is drawn as one curve, one segment per run.
+
+Example
+-------
+>>> from hf_kvpacket.training.curves import learning_curves_markdown, plot_learning_curves
+>>> plot_learning_curves(["adapters/qwen2.5-coder-0.5b-instruct-mixture"], "docs/img/learning_curves.png")
+>>> print(learning_curves_markdown(["adapters/qwen2.5-coder-0.5b-instruct-mixture"]))
+
+Command line::
+
+    python -m hf_kvpacket.training.curves adapters/*-mixture --plot docs/img/learning_curves.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+
+@dataclass
+class Run:
+    """One training run of a chain: its held-out KL at each step and its effective batch."""
+
+    task: str
+    effective_batch: int
+    num_train: int | None
+    num_val: int | None
+    lr: float | None
+    val_kl: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return max((s for s, _ in self.val_kl), default=0)
+
+
+def load_chain(adapter_dir: str) -> list[Run]:
+    """The runs that produced an adapter, oldest first."""
+    with open(os.path.join(adapter_dir, "training_log.json"), encoding="utf-8") as f:
+        log = json.load(f)
+    chain: list[Run] = []
+    while log:
+        args = log.get("training_args", {})
+        evals = [(int(h["step"]), float(h["eval_loss"])) for h in log.get("log_history", []) if "eval_loss" in h]
+        dedup: dict[int, float] = {}
+        for step, kl in evals:  # the closing evaluation of the best checkpoint repeats the last step: keep the first
+            dedup.setdefault(step, kl)
+        chain.append(Run(task=args.get("task", "?"), effective_batch=int(args.get("effective_batch", 4)),
+                         num_train=args.get("num_train"), num_val=args.get("num_val"), lr=args.get("lr"),
+                         val_kl=sorted(dedup.items())))
+        log = log.get("previous")
+    return chain[::-1]
+
+
+def _label(adapter_dir: str) -> str:
+    return os.path.basename(os.path.normpath(adapter_dir))
+
+
+def plot_learning_curves(adapter_dirs: Sequence[str], path: str) -> str:
+    """Held-out KL vs training samples seen (cumulative over a chain), log-free linear axes. Returns `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for adapter_dir in adapter_dirs:
+        offset = 0
+        color = None
+        for i, run in enumerate(load_chain(adapter_dir)):
+            xs = [offset + s * run.effective_batch for s, _ in run.val_kl]
+            ys = [kl for _, kl in run.val_kl]
+            (line,) = ax.plot(xs, ys, marker="o", markersize=3, color=color,
+                              linestyle="-" if i % 2 == 0 else "--",
+                              label=_label(adapter_dir) if i == 0 else None)
+            color = line.get_color()
+            offset += run.steps * run.effective_batch
+    ax.set_xlabel("training samples seen (cumulative over warm-started runs)")
+    ax.set_ylabel("held-out KL (teacher || student), answer tokens")
+    ax.set_title("Adapter learning curves (each segment: one run, on its own validation rows)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def learning_curves_markdown(adapter_dirs: Sequence[str]) -> str:
+    """One row per run: adapter, task, samples, validation rows, lr, KL at the start, best and last."""
+    lines = ["| adapter | run | task | train rows | val rows | lr | samples seen | val KL start | best | last |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for adapter_dir in adapter_dirs:
+        for i, run in enumerate(load_chain(adapter_dir), 1):
+            kls = [kl for _, kl in run.val_kl]
+            if not kls:
+                continue
+            lines.append(f"| `{_label(adapter_dir)}` | {i} | {run.task} | {run.num_train or '?'} | "
+                         f"{run.num_val or '?'} | {run.lr if run.lr is not None else '?'} | "
+                         f"{run.steps * run.effective_batch} | {kls[0]:.4f} | {min(kls):.4f} | {kls[-1]:.4f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hf_kvpacket.training.curves", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("adapters", nargs="+", help="adapter folders with a training_log.json")
+    p.add_argument("--plot", default=None, help="write the plot here (PNG)")
+    args = p.parse_args(argv)
+    if args.plot:
+        print(f"Wrote {plot_learning_curves(args.adapters, args.plot)}")
+    print(learning_curves_markdown(args.adapters))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["Run", "load_chain", "plot_learning_curves", "learning_curves_markdown"]
