@@ -139,3 +139,29 @@ def test_train_cli_end_to_end_warm_start_and_teacher_reuse(tmp_path):
     card = (tmp_path / "exported" / "README.md").read_text()
     assert "niah" in card and PacketAdapter.from_pretrained(best).fingerprint == \
         PacketAdapter.from_pretrained(tmp_path / "exported").fingerprint
+
+
+def test_trainer_runs_unchanged_under_accelerate_launch_ddp(tmp_path):
+    """Two processes (DDP over gloo on CPU, launched by `accelerate launch`): ranks stay in sync and learn."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_train_script.py")
+    # --multi_gpu selects accelerate's torchrun launcher; with no GPU the Trainer (use_cpu, gloo) runs DDP on CPU.
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+                           script, str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["world"] == 2
+    assert torch.equal(ranks[0]["header"], ranks[1]["header"]) and torch.equal(ranks[0]["trailer"], ranks[1]["trailer"])
+    init = PacketAdapter.from_pretrained(tmp_path / "init")
+    final = PacketAdapter.from_pretrained(tmp_path / "final")
+    assert not torch.equal(init.header, final.header) and torch.equal(final.header, ranks[0]["header"])
