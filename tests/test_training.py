@@ -31,6 +31,40 @@ def test_student_forward_equals_packet_cache_path(arch):
     assert (student[0] - inference).abs().max().item() <= 1e-9
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_query_targets_align_with_packet_cache_path(arch):
+    """With query targets, the student's first targets are the query positions (predicting query tokens 2..Q),
+    then the answer positions: together exactly the inference path's logits over query + answer."""
+    model = build(arch, torch.float64)
+    adapter = PacketAdapter.for_model(model, 3, 2).double()
+    wrapper = PacketDistillationModel(model, adapter)
+    k = 4
+    full = dict(row(), query_topk_ids=[[1] * k] * (len(QUERY) - 1), query_topk_logprobs=[[-1.0] * k] * (len(QUERY) - 1),
+                teacher_topk_ids=[[1] * k] * len(ANSWER), teacher_topk_logprobs=[[-1.0] * k] * len(ANSWER))
+    short = dict(full, teacher_ids=ANSWER[:2], teacher_topk_ids=[[1] * k] * 2, teacher_topk_logprobs=[[-1.0] * k] * 2)
+    batch = DistillationCollator(3, 2, query_weight=0.5)([full, short])
+    n = len(QUERY) - 1 + len(ANSWER)
+    assert batch["labels"][0].tolist() == QUERY[1:] + ANSWER
+    assert batch["target_weights"][0].tolist() == [0.5] * (len(QUERY) - 1) + [1.0] * len(ANSWER)
+    assert batch["answer_targets"][1].tolist() == [False] * (len(QUERY) - 1) + [True] * 2 + [False] * 2
+    assert batch["labels"][1, -2:].tolist() == [-100, -100]
+    with float64_rotary(model), torch.no_grad():
+        student = wrapper.student_logits(batch["student_input_ids"], batch["student_slots"],
+                                         batch["student_block_ids"], batch["student_label_positions"])
+        cache = PacketCache.from_packets(encode_packets(model, DOCS, adapter), model=model, preamble=PREAMBLE)
+        inference = model(**cache.inputs_for(QUERY + ANSWER[:-1])).logits[0]
+    assert student.shape[1] == n and (student[0] - inference).abs().max().item() <= 1e-9
+    # training weighs query targets in; evaluation measures the answer targets alone
+    plain = DistillationCollator(3, 2)([full, short])
+    wrapper.eval()
+    with torch.no_grad():
+        assert torch.allclose(wrapper(**batch)["loss"], wrapper(**plain)["loss"], atol=1e-12)
+        wrapper.train()
+        assert not torch.allclose(wrapper(**batch)["loss"], wrapper(**plain)["loss"], atol=1e-6)
+    with pytest.raises(ValueError, match="query_targets=True"):
+        DistillationCollator(3, 2, query_weight=0.5)([row()])
+
+
 def test_collator_pads_and_aligns_labels():
     batch = DistillationCollator(2, 2, pad_token_id=0)([row(), row(DOCS[:1], ANSWER[:1])])
     assert batch["student_input_ids"].shape[0] == 2
@@ -165,3 +199,25 @@ def test_trainer_runs_unchanged_under_accelerate_launch_ddp(tmp_path):
     init = PacketAdapter.from_pretrained(tmp_path / "init")
     final = PacketAdapter.from_pretrained(tmp_path / "final")
     assert not torch.equal(init.header, final.header) and torch.equal(final.header, ranks[0]["header"])
+
+
+def test_teacher_query_targets_match_a_plain_forward():
+    """`TeacherConfig(query_targets=True)` stores the teacher's top-k at the query positions predicting tokens
+    2..Q, and leaves the answer targets as without the option."""
+    from hf_kvpacket.training.teacher import TeacherConfig, teacher_answers
+
+    model = build("llama")
+    prompt = PREAMBLE + [x for d in DOCS for x in d] + QUERY
+    plain = teacher_answers(model, [prompt], TeacherConfig(max_new_tokens=3, top_k=5), set(), 0)[0]
+    rec = teacher_answers(model, [prompt], TeacherConfig(max_new_tokens=3, top_k=5, query_targets=True), set(), 0,
+                          query_lens=[len(QUERY)])[0]
+    assert rec["teacher_ids"] == plain["teacher_ids"]
+    assert torch.allclose(torch.tensor(rec["teacher_topk_logprobs"]), torch.tensor(plain["teacher_topk_logprobs"]),
+                          atol=1e-5)
+    assert len(rec["query_topk_ids"]) == len(QUERY) - 1
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt])).logits[0].float()
+    q0 = len(prompt) - len(QUERY)
+    expected = torch.log_softmax(logits[q0: len(prompt) - 1], -1).topk(5, -1)
+    assert rec["query_topk_ids"] == expected.indices.tolist()
+    assert torch.allclose(torch.tensor(rec["query_topk_logprobs"]), expected.values, atol=1e-5)

@@ -30,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--header", type=int, default=8)
     p.add_argument("--trailer", type=int, default=8)
     p.add_argument("--loss", default="kl", choices=["kl", "ce"])
+    p.add_argument("--query-weight", type=float, default=0.0,
+                   help="also distil the teacher's predictions inside the query, each position with this weight "
+                        "(answer positions weigh 1; the validation KL stays answer-only). 0: answer only")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--eval-steps", type=int, default=25)
     p.add_argument("--max-steps", type=int, default=-1)
@@ -117,7 +120,7 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
                   grad_accum: int = 4, max_context_tokens: int = 768, max_new_tokens: int = 24, header: int = 8,
                   trailer: int = 8, loss: str = "kl", dtype: str = "bfloat16", eval_steps: int = 25,
                   max_steps: int = -1, resume: bool = False, no_progress: bool = False,
-                  init_from: str | None = None, teacher_from: str | None = None,
+                  init_from: str | None = None, teacher_from: str | None = None, query_weight: float = 0.0,
                   model_and_tokenizer: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """Teacher answers (cached) -> distillation with a linear-decay schedule -> best adapter (lowest held-out KL).
 
@@ -155,7 +158,8 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     else:
         rows = load_task(task, split="train", num_samples=num_train + num_val, seed=seed)
         rows = rows.shuffle(seed=seed)
-        tcfg = TeacherConfig(max_new_tokens=max_new_tokens, max_context_tokens=max_context_tokens)
+        tcfg = TeacherConfig(max_new_tokens=max_new_tokens, max_context_tokens=max_context_tokens,
+                             query_targets=query_weight > 0)
         teacher = build_teacher_dataset(base, tok, rows, os.path.join(work_dir, "teacher"), tcfg,
                                         progress=not no_progress)
     teacher = teacher.filter(lambda r: len(r["teacher_ids"]) > 0)
@@ -181,7 +185,10 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
         adapter.save_pretrained(adapter_path, model_card=False)
     wrapper = PacketDistillationModel(base, adapter, loss_type=loss)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    collator = DistillationCollator(header, trailer, pad_token_id=pad)
+    if query_weight > 0 and "query_topk_ids" not in teacher.column_names:
+        raise ValueError(f"--query-weight needs teacher rows with query targets; {teacher_from or work_dir} has none "
+                         "(build them in a new work dir with --query-weight set).")
+    collator = DistillationCollator(header, trailer, pad_token_id=pad, query_weight=query_weight)
     steps_per_epoch = math.ceil(len(train) / (batch_size * grad_accum))
     last = None
     ckpt_dir = os.path.join(work_dir, "checkpoints")
@@ -205,7 +212,7 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     history = [h for h in trainer.state.log_history]
     training_args = {"task": task, "num_train": len(train), "num_val": len(val), "epochs": epochs, "lr": lr,
                      "effective_batch": batch_size * grad_accum, "schedule": "linear decay", "loss": loss,
-                     "max_context_tokens": max_context_tokens, "teacher_max_new_tokens": max_new_tokens,
+                     "query_weight": query_weight, "max_context_tokens": max_context_tokens, "teacher_max_new_tokens": max_new_tokens,
                      "dtype": dtype, "init_from": init_from, "teacher_from": teacher_from, "best_val_kl": metrics.get("eval_loss"), "steps": trainer.state.global_step,
                      "train_minutes": round((time.time() - start) / 60, 1)}
     adapter.save_pretrained(output, training_args=training_args, datasets=[task])

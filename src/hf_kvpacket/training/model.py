@@ -20,8 +20,11 @@ def distillation_loss(
     teacher_topk_ids: torch.Tensor | None = None,
     teacher_topk_logprobs: torch.Tensor | None = None,
     loss_type: str = "kl",
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean over answer positions (`labels != -100`) of KL(teacher || student), or cross-entropy on `labels`.
+
+    `weights` (same shape as `labels`), when given, turns the mean into a weighted mean (0 excludes a position).
 
     `student_logits`: `(batch, answers, vocab)`. The teacher is given either as full log-probs of the same shape, or
     as its top-k (`ids`, `logprobs` of shape `(batch, answers, k)`; the KL is then summed over the top-k support).
@@ -38,7 +41,8 @@ def distillation_loss(
         per_pos = (logp.exp() * (logp - logq.gather(-1, teacher_topk_ids))).sum(-1)
     else:
         raise ValueError("distillation_loss needs teacher log-probs, teacher top-k, or loss_type='ce'.")
-    return (per_pos * valid).sum() / valid.sum().clamp_min(1)
+    w = valid.to(per_pos.dtype) if weights is None else weights.to(per_pos.dtype) * valid
+    return (per_pos * w).sum() / w.sum().clamp_min(1e-8 if weights is not None else 1)
 
 
 class PacketDistillationModel(nn.Module):
@@ -93,10 +97,14 @@ class PacketDistillationModel(nn.Module):
 
     def forward(self, student_input_ids, student_slots, student_block_ids, student_label_positions, labels,
                 teacher_topk_ids=None, teacher_topk_logprobs=None, teacher_input_ids=None,
-                teacher_attention_mask=None, teacher_label_positions=None, **_: Any) -> dict[str, torch.Tensor]:
+                teacher_attention_mask=None, teacher_label_positions=None, target_weights=None, answer_targets=None,
+                **_: Any) -> dict[str, torch.Tensor]:
         logits = self.student_logits(student_input_ids, student_slots, student_block_ids, student_label_positions)
         teacher = None
         if self.loss_type == "kl" and teacher_topk_ids is None:
             teacher = self.teacher_logprobs(teacher_input_ids, teacher_attention_mask, teacher_label_positions)
-        loss = distillation_loss(logits, labels, teacher, teacher_topk_ids, teacher_topk_logprobs, self.loss_type)
+        # Auxiliary (query) targets shape training; evaluation reports the answer loss alone, comparable across runs.
+        weights = target_weights if self.training else answer_targets
+        loss = distillation_loss(logits, labels, teacher, teacher_topk_ids, teacher_topk_logprobs, self.loss_type,
+                                 weights)
         return {"loss": loss, "logits": logits}

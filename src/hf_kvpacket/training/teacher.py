@@ -26,6 +26,9 @@ class TeacherConfig:
     max_context_tokens: int = 768
     shard_size: int = 8
     system_prompt: str | None = "You are a helpful assistant."
+    # Also store the teacher's top-k at the positions that predict query tokens 2..Q: an auxiliary target that
+    # costs no extra forward and gives several times more supervised positions per sample than the answer alone.
+    query_targets: bool = False
 
 
 def tokenize_example(
@@ -51,9 +54,12 @@ def tokenize_example(
 
 @torch.no_grad()
 def teacher_answers(model: Any, prompts: list[list[int]], cfg: TeacherConfig, eos_ids: set[int],
-                    pad_id: int) -> list[dict[str, Any]]:
+                    pad_id: int, query_lens: list[int] | None = None) -> list[dict[str, Any]]:
     """Greedy answers for a batch of prompts (left-padded), and top-k log-probs at the positions that predict each
-    answer token (one forward per row over prompt + answer)."""
+    answer token (one forward per row over prompt + answer).
+
+    With `cfg.query_targets` (and `query_lens`, the query's length per prompt), also the top-k at the positions
+    inside the query that predict its tokens 2..Q (`query_topk_ids`, `query_topk_logprobs`)."""
     device = model.get_input_embeddings().weight.device
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -71,10 +77,15 @@ def teacher_answers(model: Any, prompts: list[list[int]], cfg: TeacherConfig, eo
                 answer = answer[: j + 1]
                 break
         full = torch.tensor([prompt + answer], device=device)
-        logits = model(input_ids=full, logits_to_keep=len(answer) + 1).logits[0, :-1].float()
+        n_query = max(query_lens[i] - 1, 0) if cfg.query_targets and query_lens is not None else 0
+        logits = model(input_ids=full, logits_to_keep=len(answer) + n_query + 1).logits[0, :-1].float()
         top = torch.log_softmax(logits, -1).topk(cfg.top_k, dim=-1)
-        results.append({"teacher_ids": answer, "teacher_topk_ids": top.indices.tolist(),
-                        "teacher_topk_logprobs": top.values.tolist()})
+        record = {"teacher_ids": answer, "teacher_topk_ids": top.indices[n_query:].tolist(),
+                  "teacher_topk_logprobs": top.values[n_query:].tolist()}
+        if cfg.query_targets:
+            record.update(query_topk_ids=top.indices[:n_query].tolist(),
+                          query_topk_logprobs=top.values[:n_query].tolist())
+        results.append(record)
     return results
 
 
@@ -102,7 +113,10 @@ def build_teacher_dataset(
 
     os.makedirs(out_dir, exist_ok=True)
     # Shards are resumed by position: refuse a work dir made for other rows or another teacher configuration.
-    fingerprint = hashlib.sha256(json.dumps([list(rows["id"]), asdict(cfg)]).encode()).hexdigest()[:16]
+    settings = asdict(cfg)
+    if not cfg.query_targets:  # work dirs made before the option existed keep their fingerprint
+        settings.pop("query_targets")
+    fingerprint = hashlib.sha256(json.dumps([list(rows["id"]), settings]).encode()).hexdigest()[:16]
     marker = os.path.join(out_dir, "rows_fingerprint.txt")
     if os.path.exists(marker):
         with open(marker) as f:
@@ -112,7 +126,7 @@ def build_teacher_dataset(
         with open(marker, "w") as f:
             f.write(fingerprint)
     with open(os.path.join(out_dir, "teacher_config.json"), "w") as f:
-        json.dump(asdict(cfg), f, indent=2)
+        json.dump(settings, f, indent=2)
     n = len(rows)
     shards = []
     bar = tqdm(total=n, desc="teacher answers", disable=not progress)
@@ -128,7 +142,8 @@ def build_teacher_dataset(
             records.append({"id": row["id"], "task": row["task"], "answers": row["answers"], **tok})
         prompts = [r["preamble_ids"] + [t for d in r["document_ids"] for t in d] + r["query_ids"] for r in records]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        for r, answer in zip(records, teacher_answers(model, prompts, cfg, eos_ids, pad)):
+        query_lens = [len(r["query_ids"]) for r in records]
+        for r, answer in zip(records, teacher_answers(model, prompts, cfg, eos_ids, pad, query_lens)):
             r.update(answer)
         bar.update(len(records))
         shard = datasets.Dataset.from_list(records)
