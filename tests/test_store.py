@@ -85,7 +85,7 @@ def test_checksum_catches_every_single_bit_flip():
     assert _checksum(swapped) != ref
 
 
-def test_files_with_the_older_crc32_checksum_still_load(tmp_path, model):
+def test_files_with_older_checksums_still_load(tmp_path, model):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -96,9 +96,13 @@ def test_files_with_the_older_crc32_checksum_still_load(tmp_path, model):
     path = store.path(store.key(ToyTokenizer()(DOCS[0])["input_ids"]))
     with safe_open(path, framework="pt") as f:
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    assert meta["checksum_algo"] == "wsum64-v1"
+    assert meta["checksum_algo"] == "wsum64-v2"
+    meta["checksum_algo"], meta["checksum"] = "wsum64-v1", _checksum(tensors, "wsum64-v1")  # per-tensor (v1)
+    save_file(tensors, path, metadata=meta)
+    again = PacketStore(tmp_path, model, ToyTokenizer(), max_memory_bytes=0).get(DOCS[0])
+    assert all(torch.equal(a, b) for a, b in zip(packet.keys, again.keys))
     del meta["checksum_algo"]
-    meta["checksum"] = _checksum(tensors, "crc32")
+    meta["checksum"] = _checksum(tensors, "crc32")  # the first format
     save_file(tensors, path, metadata=meta)
     again = PacketStore(tmp_path, model, ToyTokenizer(), max_memory_bytes=0).get(DOCS[0])
     assert all(torch.equal(a, b) for a, b in zip(packet.keys, again.keys))
@@ -138,3 +142,36 @@ def test_lru_is_byte_bounded_and_pins(tmp_path, model):
     store.get(DOCS[0])
     assert store.last_call.memory_hits == 1  # the pinned packet survived the flood
     assert store.stats.evictions > 0
+
+
+def test_parse_safetensors_equals_safetensors_own_reader(tmp_path):
+    """The store's sequential reader gives the same tensors and metadata as safetensors' mmap reader, including
+    a tensor whose offset is not aligned to its dtype (copied, not viewed)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from hf_kvpacket.store import _wsum64, parse_safetensors, read_file
+
+    tensors = {"a": torch.randn(3, 5, dtype=torch.float32), "b": torch.randn(7).to(torch.bfloat16),
+               "c": torch.arange(5, dtype=torch.int64), "d": torch.randn(2, 2, dtype=torch.float64)}
+    path = str(tmp_path / "x.safetensors")
+    tensors["e"] = torch.randn(3000)  # several rows of words in the data region
+    save_file(tensors, path, metadata={"k": "v"})
+    buf, digest = read_file(path)
+    n = int.from_bytes(bytes(buf[:8].tolist()), "little")
+    assert digest == _wsum64(buf[8 + n:])
+    for chunk in (5000, 8192, 3 * 8192 + 1):  # reads that end inside rows: the running checksum still agrees
+        again, d = read_file(path, chunk=chunk)
+        assert d == digest and torch.equal(again, buf)
+    meta, got = parse_safetensors(buf)
+    with safe_open(path, framework="pt") as f:
+        assert meta == f.metadata()
+        for name in f.keys():
+            want = f.get_tensor(name)
+            assert got[name].dtype == want.dtype and torch.equal(got[name], want), name
+    with open(path, "rb") as f:
+        blob = f.read()
+    for cut in (4, 40, len(blob) - 3):
+        (tmp_path / "cut.safetensors").write_bytes(blob[:cut])
+        with pytest.raises(ValueError):
+            parse_safetensors(read_file(str(tmp_path / "cut.safetensors"))[0])

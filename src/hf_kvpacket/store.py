@@ -10,6 +10,7 @@ a crash or two concurrent writers of one key leave either no file or one complet
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 import time
@@ -19,8 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from .adapter import PacketAdapter, adapter_fingerprint
@@ -60,8 +60,35 @@ class StoreStats:
 
 
 _MASK64 = (1 << 64) - 1
-#: Checksum written by this version: a position-weighted sum of 64-bit words (see `_wsum64`).
-CHECKSUM_ALGO = "wsum64-v1"
+#: Checksum written by this version: a position-weighted sum of the 64-bit words of the file's whole data region
+#: (see `_wsum64`), computed chunk by chunk while the file is read, so it costs no second pass over memory.
+CHECKSUM_ALGO = "wsum64-v2"
+_PENDING = "?" * 16  # placeholder in the header while the checksum of the data region is computed
+_ROW = 8 * 1024  # bytes of one row of words in `_wsum64`
+
+
+class _Wsum64:
+    """Running `_wsum64` of a byte stream fed in chunks; every chunk but the last must be a multiple of `_ROW`."""
+
+    def __init__(self) -> None:
+        self.total, self.rows, self.nbytes = 0, 0, 0
+
+    def update(self, data: torch.Tensor) -> None:
+        full = data.numel() // _ROW * _ROW
+        if full:
+            rows = data[:full].view(torch.int64).view(-1, 1024).sum(1)
+            weights = torch.arange(2 * self.rows + 1, 2 * (self.rows + rows.numel()) + 1, 2, dtype=torch.int64)
+            self.total += int((rows * weights).sum())  # int64 wraps: sums stay exact modulo 2**64
+            self.rows += rows.numel()
+        rest = data[full:]
+        if rest.numel():
+            n8 = rest.numel() // 8 * 8
+            self.total += int(rest[:n8].view(torch.int64).sum()) * 0x9E3779B97F4A7C15
+            self.total += sum(int(b) << (8 * i) for i, b in enumerate(rest[n8:].tolist())) * 0xC2B2AE3D27D4EB4F
+        self.nbytes += data.numel()
+
+    def digest(self) -> int:
+        return (self.total + self.nbytes) & _MASK64
 
 
 def _wsum64(data: torch.Tensor) -> int:
@@ -71,20 +98,13 @@ def _wsum64(data: torch.Tensor) -> int:
     corrupted word or bit changes the result, as do truncation, zeroed pages and moved blocks. It guards against
     disk corruption, not against deliberate tampering (the token ids in each file are checked separately).
     """
-    n8 = data.numel() // 8 * 8
-    words = data[:n8].view(torch.int64)
-    full = words.numel() // 1024 * 1024
-    total = 0
-    if full:
-        rows = words[:full].view(-1, 1024).sum(1)
-        weights = torch.arange(1, 2 * rows.numel() + 1, 2, dtype=torch.int64)
-        total = int((rows * weights).sum())
-    total += int(words[full:].sum()) * 0x9E3779B97F4A7C15
-    total += sum(int(b) << (8 * i) for i, b in enumerate(data[n8:].tolist())) * 0xC2B2AE3D27D4EB4F
-    return (total + data.numel()) & _MASK64
+    acc = _Wsum64()
+    acc.update(data)
+    return acc.digest()
 
 
-def _checksum(tensors: dict[str, torch.Tensor], algo: str = CHECKSUM_ALGO) -> str:
+def _checksum(tensors: dict[str, torch.Tensor], algo: str = "wsum64-v1") -> str:
+    """Per-tensor checksums of files written before wsum64-v2 (whose checksum covers the raw data region)."""
     if algo == "crc32":  # files written before wsum64-v1
         crc = 0
         for name in sorted(tensors):
@@ -92,7 +112,7 @@ def _checksum(tensors: dict[str, torch.Tensor], algo: str = CHECKSUM_ALGO) -> st
             crc = zlib.crc32(name.encode(), crc)
             crc = zlib.crc32(t.reshape(-1).view(torch.uint8).numpy().data, crc) if t.numel() else crc
         return f"{crc:08x}"
-    if algo != CHECKSUM_ALGO:
+    if algo != "wsum64-v1":
         raise PacketStoreError(f"unknown checksum algorithm {algo!r} (written by a newer hf-kvpacket?). Upgrade it.")
     h = 0
     for name in sorted(tensors):
@@ -115,16 +135,21 @@ def save_packet(packet: Packet, path: str | os.PathLike) -> int:
         "num_header_tokens": str(packet.num_header_tokens),
         "num_trailer_tokens": str(packet.num_trailer_tokens),
         "num_layers": str(packet.num_layers),
-        "checksum": _checksum(tensors),
+        "checksum": _PENDING,
         "checksum_algo": CHECKSUM_ALGO,
     }
+    blob = bytearray(save(tensors, metadata=meta))
+    n = int.from_bytes(blob[:8], "little")
+    at = blob.index(_PENDING.encode(), 8, 8 + n)
+    digest = _wsum64(torch.frombuffer(blob, dtype=torch.uint8, offset=8 + n)) if len(blob) > 8 + n else 0
+    blob[at: at + 16] = f"{digest:016x}".encode()  # same length: the header and every offset stay as they are
     folder = os.path.dirname(os.fspath(path)) or "."
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".safetensors.tmp")
-    os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb+") as f:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
@@ -133,23 +158,89 @@ def save_packet(packet: Packet, path: str | os.PathLike) -> int:
     return os.path.getsize(path)
 
 
+_READ_CHUNK = 2 << 20  # small enough that the checksum finds each chunk still in cache
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8}
+
+
+def read_file(path: str, chunk: int | None = None) -> tuple[torch.Tensor, int]:
+    """The whole file as one uint8 tensor, read with large sequential reads (no mmap page faults), and the
+    `_wsum64` of its safetensors data region, computed on each chunk right after it arrives (still in cache)."""
+    chunk = chunk or _READ_CHUNK
+    size = os.path.getsize(path)
+    buf = torch.empty(size, dtype=torch.uint8)
+    view = memoryview(buf.numpy()).cast("B")
+    acc = _Wsum64()
+    with open(path, "rb", buffering=0) as f:
+        done = f.readinto(view[:8]) or 0
+        start = min(size, 8 + int.from_bytes(view[:8], "little")) if done == 8 else size
+        summed = start
+        while done < size:
+            n = f.readinto(view[done: min(size, max(start, done) + chunk) if done >= start else start])
+            if not n:
+                break
+            done += n
+            rows = max(0, done - summed) // _ROW * _ROW  # the running checksum takes whole rows only
+            if rows:
+                acc.update(buf[summed: summed + rows])
+                summed += rows
+    if done != size:
+        raise PacketStoreError(f"{path}: file shrank while being read ({done} of {size} bytes).")
+    if summed < size:
+        acc.update(buf[summed:])
+    return buf, acc.digest()
+
+
+def parse_safetensors(buf: torch.Tensor) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file held in `buf`; tensors are views of `buf` (no copy) where aligned.
+
+    The format (8-byte little-endian header length, JSON header, raw little-endian data) is parsed here because
+    safetensors reads either through mmap (page-fault bound on cold reads) or by copying out of a bytes object.
+    """
+    if buf.numel() < 8:
+        raise ValueError("shorter than a safetensors header")
+    n = int.from_bytes(bytes(buf[:8].tolist()), "little")
+    if n <= 0 or 8 + n > buf.numel():
+        raise ValueError(f"header length {n} does not fit the file ({buf.numel()} bytes)")
+    header = json.loads(bytes(buf[8: 8 + n].numpy()).decode("utf-8"))
+    meta = header.pop("__metadata__", None) or {}
+    data = buf[8 + n:]
+    tensors = {}
+    for name, info in header.items():
+        start, end = info["data_offsets"]
+        dtype, shape = _DTYPES[info["dtype"]], info["shape"]
+        if not 0 <= start <= end <= data.numel():
+            raise ValueError(f"tensor {name!r} lies outside the file (truncated?)")
+        raw = data[start:end]
+        if raw.storage_offset() % dtype.itemsize:  # misaligned slice: copy it
+            raw = raw.clone()
+        tensors[name] = raw.view(dtype).view(shape)
+    return meta, tensors
+
+
 def load_packet(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
     expect: dict[str, str] | None = None,
     token_ids: Sequence[int] | None = None,
+    data: torch.Tensor | None = None,
 ) -> Packet:
-    """Read and verify one packet file; `PacketStoreError` names the file and what is wrong with it."""
+    """Read and verify one packet file; `PacketStoreError` names the file and what is wrong with it.
+
+    `data`: what `read_file` returned for it, when already read.
+    """
     path = os.fspath(path)
     try:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
-    except Exception as e:  # safetensors raises several types for truncated/garbled files
+        buf, digest = read_file(path) if data is None else data
+        meta, tensors = parse_safetensors(buf)
+    except PacketStoreError:
+        raise
+    except Exception as e:  # truncated or garbled files fail in several ways
         raise PacketStoreError(f"{path}: unreadable packet file ({e}). Delete it; it will be re-encoded.") from e
     try:
         n = int(meta["num_layers"])
-        if meta.get("checksum") != _checksum(tensors, meta.get("checksum_algo", "crc32")):
+        algo = meta.get("checksum_algo", "crc32")
+        if meta.get("checksum") != (f"{digest:016x}" if algo == CHECKSUM_ALGO else _checksum(tensors, algo)):
             raise PacketStoreError(f"{path}: checksum mismatch (corrupted on disk). Delete it; it will be re-encoded.")
         for key, want in (expect or {}).items():
             if meta.get(key) != want:
@@ -246,6 +337,7 @@ class PacketStore:
         missing: dict[str, list[int]] = {}
         expect = {"model_fingerprint": self.model_fingerprint, "adapter_fingerprint": self.adapter_fingerprint,
                   "format_version": FORMAT_VERSION}
+        on_disk: dict[str, list[int]] = {}
         for i, (k, t) in enumerate(zip(keys, ids)):
             if k in self._lru:
                 self._lru.move_to_end(k)
@@ -253,16 +345,23 @@ class PacketStore:
                 call.memory_hits += 1
             elif k in missing:
                 missing[k].append(i)
+            elif k in on_disk:
+                on_disk[k].append(i)
             elif os.path.exists(self.path(k)):
-                start = time.perf_counter()
-                packet = load_packet(self.path(k), self.device, expect, t)
-                call.load_seconds += time.perf_counter() - start
-                call.disk_hits += 1
-                call.bytes_loaded += packet.nbytes
-                out[i] = packet
-                self._remember(k, packet, call)
+                on_disk[k] = [i]
             else:
                 missing[k] = [i]
+        if on_disk:
+            start = time.perf_counter()
+            for k, idx in on_disk.items():
+                packet = load_packet(self.path(k), self.device, expect, ids[idx[0]])
+                call.disk_hits += 1
+                call.memory_hits += len(idx) - 1  # repeats within the call reuse the loaded packet
+                call.bytes_loaded += packet.nbytes
+                for i in idx:
+                    out[i] = packet
+                self._remember(k, packet, call)
+            call.load_seconds += time.perf_counter() - start
         if missing:
             todo = list(missing)
             start = time.perf_counter()
