@@ -176,7 +176,7 @@ def read_file(path: str, chunk: int | None = None) -> tuple[torch.Tensor, int]:
         start = min(size, 8 + int.from_bytes(view[:8], "little")) if done == 8 else size
         summed = start
         while done < size:
-            n = f.readinto(view[done: min(size, max(start, done) + chunk) if done >= start else start])
+            n = f.readinto(view[done: start if done < start else min(size, done + chunk)])  # header, then chunks
             if not n:
                 break
             done += n
@@ -223,15 +223,11 @@ def load_packet(
     device: str | torch.device = "cpu",
     expect: dict[str, str] | None = None,
     token_ids: Sequence[int] | None = None,
-    data: torch.Tensor | None = None,
 ) -> Packet:
-    """Read and verify one packet file; `PacketStoreError` names the file and what is wrong with it.
-
-    `data`: what `read_file` returned for it, when already read.
-    """
+    """Read and verify one packet file; `PacketStoreError` names the file and what is wrong with it."""
     path = os.fspath(path)
     try:
-        buf, digest = read_file(path) if data is None else data
+        buf, digest = read_file(path)
         meta, tensors = parse_safetensors(buf)
     except PacketStoreError:
         raise

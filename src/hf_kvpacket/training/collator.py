@@ -76,9 +76,9 @@ class DistillationCollator:
         labels = list(row["teacher_ids"])
         ids, lps = row.get("teacher_topk_ids"), row.get("teacher_topk_logprobs")
         if self.query_weight > 0:
-            if "query_topk_ids" not in row:
-                raise ValueError("query_weight > 0 needs teacher rows with query targets: build them with "
-                                 "TeacherConfig(query_targets=True) (kvpacket train --query-weight W does).")
+            if "query_topk_ids" not in row or "teacher_topk_ids" not in row:
+                raise ValueError("query_weight > 0 needs teacher rows with precomputed top-k and query targets: build "
+                                 "them with TeacherConfig(query_targets=True) (kvpacket train --query-weight W does).")
             n = len(row["query_topk_ids"])
             labels = list(row["query_ids"][1: n + 1]) + labels
             ids, lps = list(row["query_topk_ids"]) + list(ids), list(row["query_topk_logprobs"]) + list(lps)
@@ -126,8 +126,6 @@ class DistillationCollator:
                 a = len(top_ids)
                 batch["teacher_topk_ids"][i, :a] = torch.tensor(top_ids)
                 batch["teacher_topk_logprobs"][i, :a] = torch.tensor(top_lps)
-        elif self.query_weight > 0:
-            raise ValueError("query_weight > 0 needs precomputed teacher top-k (TeacherConfig(query_targets=True)).")
         if self.with_teacher_inputs or "teacher_topk_ids" not in rows[0]:
             teachers = [self.teacher_row(r) for r in rows]
             tw = max(len(t[0]) for t in teachers)
