@@ -65,6 +65,33 @@ def test_query_targets_align_with_packet_cache_path(arch):
         DistillationCollator(3, 2, query_weight=0.5)([row()])
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_no_adapter_reference_is_the_no_recompute_path(arch):
+    """The reference KL's student (a 0/0 adapter) is exactly the no-recompute inference path, and its KL is the
+    batch-weighted mean of the per-batch losses (as Trainer.evaluate reports eval_loss)."""
+    from hf_kvpacket.training.reference import no_adapter_kl
+
+    model = build(arch, torch.float64)
+    wrapper = PacketDistillationModel(model, PacketAdapter.for_model(model, 0, 0).double())
+    batch = DistillationCollator(0, 0)([row()])
+    with float64_rotary(model), torch.no_grad():
+        student = wrapper.student_logits(batch["student_input_ids"], batch["student_slots"],
+                                         batch["student_block_ids"], batch["student_label_positions"])
+        cache = PacketCache.from_packets(encode_packets(model, DOCS, None), model=model, preamble=PREAMBLE)
+        inference = model(**cache.inputs_for(QUERY + ANSWER[:-1])).logits[0, len(QUERY) - 1:]
+    assert (student[0] - inference).abs().max().item() <= 1e-9
+    k = 5
+    rows = [dict(row(DOCS[:n], ANSWER[:n + 1]), teacher_topk_ids=[list(range(k))] * (n + 1),
+                 teacher_topk_logprobs=[[-1.7] * k] * (n + 1)) for n in (1, 2, 3)]
+    with float64_rotary(model):
+        ref = no_adapter_kl(model, rows, batch_size=2)
+        wrapper.eval()
+        with torch.no_grad():
+            losses = [wrapper(**DistillationCollator(0, 0)(rows[:2]))["loss"].item(),
+                      wrapper(**DistillationCollator(0, 0)(rows[2:]))["loss"].item()]
+    assert ref > 0 and math.isclose(ref, (2 * losses[0] + losses[1]) / 3, rel_tol=1e-9)
+
+
 def test_collator_pads_and_aligns_labels():
     batch = DistillationCollator(2, 2, pad_token_id=0)([row(), row(DOCS[:1], ANSWER[:1])])
     assert batch["student_input_ids"].shape[0] == 2
@@ -150,6 +177,9 @@ def test_train_cli_end_to_end_warm_start_and_teacher_reuse(tmp_path):
     assert mix["training_args"]["steps"] == 2
     log = json.loads((tmp_path / "mix" / "training_log.json").read_text())
     assert log["log_history"][0]["step"] == 0 and "eval_loss" in log["log_history"][0]  # the starting point
+    # the no-adapter reference is measured on the same validation rows and kept for resumed runs
+    ref = json.loads((tmp_path / "mix.work" / "no_adapter_val_kl.json").read_text())
+    assert ref["num_val"] == 4 and log["training_args"]["no_adapter_val_kl"] == ref["no_adapter_val_kl"] > 0
     teacher = load_teacher_dataset(str(tmp_path / "mix.work"))
     assert len(teacher) == 12 and len(set(teacher["task"])) > 1
 
@@ -167,6 +197,7 @@ def test_train_cli_end_to_end_warm_start_and_teacher_reuse(tmp_path):
     assert [r.task for r in chain] == ["mixture", "niah"] and [s for s, _ in chain[1].val_kl] == [0, 1, 2]
     assert plot_learning_curves([str(tmp_path / "niah")], str(tmp_path / "lc.png")) and (tmp_path / "lc.png").is_file()
     assert learning_curves_markdown([str(tmp_path / "niah")]).count("| `niah` |") == 2
+    assert chain[0].no_adapter_kl == ref["no_adapter_val_kl"] and chain[1].no_adapter_kl > 0
     with pytest.raises(ValueError, match="no teacher rows"):
         train_adapter(task="nosuchtask", output=str(tmp_path / "x"), teacher_from=str(tmp_path / "mix.work"), **common)
     best = export_best(str(tmp_path / "niah.work"), str(tmp_path / "exported"))

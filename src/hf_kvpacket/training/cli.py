@@ -71,10 +71,29 @@ def export_best(work_dir: str, output: str, task: str | None = None, eval_result
     training_args = {"task": task or adapter.config.task, "checkpoint": os.path.basename(best),
                      "steps_run": state.get("global_step"), "best_val_kl": state.get("best_metric"),
                      "val_kl_curve": [(h["step"], round(h["eval_loss"], 4)) for h in evals]}
+    reference = os.path.join(work_dir, "no_adapter_val_kl.json")
+    if os.path.exists(reference):
+        with open(reference) as f:
+            training_args["no_adapter_val_kl"] = json.load(f)["no_adapter_val_kl"]
     adapter.save_pretrained(output, training_args=training_args, eval_results=eval_results,
                             datasets=[training_args["task"]] if training_args["task"] else None)
     _write_log(output, work_dir, training_args, state["log_history"])
     return best
+
+
+def _reference_kl(work_dir: str, base: Any, val: Any, pad: int, batch_size: int, loss: str) -> float:
+    """The no-adapter validation KL of this run (computed once, kept in the work dir for resumed runs)."""
+    from .reference import no_adapter_kl
+
+    path = os.path.join(work_dir, "no_adapter_val_kl.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)["no_adapter_val_kl"]
+    value = no_adapter_kl(base, val, pad_token_id=pad, batch_size=batch_size, loss_type=loss)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"no_adapter_val_kl": value, "num_val": len(val)}, f)
+    os.replace(path + ".tmp", path)
+    return value
 
 
 def _write_log(output: str, work_dir: str, training_args: dict[str, Any], history: list[dict[str, Any]]) -> None:
@@ -206,6 +225,7 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     )
     trainer = PacketDistillationTrainer(model=wrapper, args=targs, train_dataset=train, eval_dataset=val,
                                         data_collator=collator)
+    reference = _reference_kl(work_dir, base, val, pad, batch_size, loss)
     start = time.time()
     trainer.train(resume_from_checkpoint=last)
     metrics = trainer.evaluate()
@@ -213,7 +233,8 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     training_args = {"task": task, "num_train": len(train), "num_val": len(val), "epochs": epochs, "lr": lr,
                      "effective_batch": batch_size * grad_accum, "schedule": "linear decay", "loss": loss,
                      "query_weight": query_weight, "max_context_tokens": max_context_tokens, "teacher_max_new_tokens": max_new_tokens,
-                     "dtype": dtype, "init_from": init_from, "teacher_from": teacher_from, "best_val_kl": metrics.get("eval_loss"), "steps": trainer.state.global_step,
+                     "dtype": dtype, "init_from": init_from, "teacher_from": teacher_from, "best_val_kl": metrics.get("eval_loss"),
+                     "no_adapter_val_kl": reference, "steps": trainer.state.global_step,
                      "train_minutes": round((time.time() - start) / 60, 1)}
     adapter.save_pretrained(output, training_args=training_args, datasets=[task])
     _write_log(output, work_dir, training_args, history)

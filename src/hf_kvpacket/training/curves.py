@@ -33,6 +33,7 @@ class Run:
     num_val: int | None
     lr: float | None
     val_kl: list[tuple[int, float]] = field(default_factory=list)
+    no_adapter_kl: float | None = None  # the same validation rows without soft tokens (no recompute)
 
     @property
     def steps(self) -> int:
@@ -52,7 +53,7 @@ def load_chain(adapter_dir: str) -> list[Run]:
             dedup.setdefault(step, kl)
         chain.append(Run(task=args.get("task", "?"), effective_batch=int(args.get("effective_batch", 4)),
                          num_train=args.get("num_train"), num_val=args.get("num_val"), lr=args.get("lr"),
-                         val_kl=sorted(dedup.items())))
+                         val_kl=sorted(dedup.items()), no_adapter_kl=args.get("no_adapter_val_kl")))
         log = log.get("previous")
     return chain[::-1]
 
@@ -79,10 +80,14 @@ def plot_learning_curves(adapter_dirs: Sequence[str], path: str) -> str:
                               linestyle="-" if i % 2 == 0 else "--",
                               label=_label(adapter_dir) if i == 0 else None)
             color = line.get_color()
+            if run.no_adapter_kl is not None:
+                ax.hlines(run.no_adapter_kl, xs[0], max(xs[-1], xs[0] + 1), colors=color, linestyles=":",
+                          label=f"{_label(adapter_dir)}: no adapter" if i == 0 else None)
             offset += run.steps * run.effective_batch
     ax.set_xlabel("training samples seen (cumulative over warm-started runs)")
     ax.set_ylabel("held-out KL (teacher || student), answer tokens")
-    ax.set_title("Adapter learning curves (each segment: one run, on its own validation rows)")
+    ax.set_title("Adapter learning curves (each segment: one run, on its own validation rows;\n"
+                 "dotted: the same rows without adapter, i.e. no recompute)", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -93,9 +98,9 @@ def plot_learning_curves(adapter_dirs: Sequence[str], path: str) -> str:
 
 
 def learning_curves_markdown(adapter_dirs: Sequence[str]) -> str:
-    """One row per run: adapter, task, samples, validation rows, lr, KL at the start, best and last."""
-    lines = ["| adapter | run | task | train rows | val rows | lr | samples seen | val KL start | best | last |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    """One row per run: adapter, task, samples, validation rows, lr, KL without adapter, at the start, best, last."""
+    lines = ["| adapter | run | task | train rows | val rows | lr | samples seen | val KL no adapter | start | best "
+             "| last |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for adapter_dir in adapter_dirs:
         for i, run in enumerate(load_chain(adapter_dir), 1):
             kls = [kl for _, kl in run.val_kl]
@@ -103,7 +108,9 @@ def learning_curves_markdown(adapter_dirs: Sequence[str]) -> str:
                 continue
             lines.append(f"| `{_label(adapter_dir)}` | {i} | {run.task} | {run.num_train or '?'} | "
                          f"{run.num_val or '?'} | {run.lr if run.lr is not None else '?'} | "
-                         f"{run.steps * run.effective_batch} | {kls[0]:.4f} | {min(kls):.4f} | {kls[-1]:.4f} |")
+                         f"{run.steps * run.effective_batch} | "
+                         f"{'?' if run.no_adapter_kl is None else f'{run.no_adapter_kl:.4f}'} | "
+                         f"{kls[0]:.4f} | {min(kls):.4f} | {kls[-1]:.4f} |")
     return "\n".join(lines)
 
 

@@ -83,8 +83,9 @@ class PacketDistillationModel(nn.Module):
         embed = self.model.get_input_embeddings()
         embeds = embed(student_input_ids)
         soft = torch.cat([self.adapter.header, self.adapter.trailer], dim=0).to(embeds.dtype)
-        is_slot = (student_slots >= 0).unsqueeze(-1)
-        embeds = torch.where(is_slot, soft[student_slots.clamp_min(0)], embeds)
+        if soft.shape[0]:  # a 0/0 adapter is the no-recompute baseline (its KL is the reference a run must beat)
+            is_slot = (student_slots >= 0).unsqueeze(-1)
+            embeds = torch.where(is_slot, soft[student_slots.clamp_min(0)], embeds)
         mask = model_attention_mask(self.model, student_block_ids, dtype=embeds.dtype)
         return self._answer_logits(embeds, mask, positions_from_blocks(student_block_ids), student_label_positions)
 
