@@ -451,6 +451,24 @@ def test_aggregate_fidelity_and_dedup():
     assert "4.0×" in markdown_tables(summary)
 
 
+def test_by_context_length_buckets_by_the_reference_prompt():
+    from hf_kvpacket.evaluation.report import aggregate, markdown_tables
+
+    def rec(method, i, tokens, answer, f1):
+        return {"task": "t", "method": method, "id": str(i), "answer": answer, "f1": f1, "exact_match": 0.0,
+                "ttft_s": 1.0, "flops": 1.0, "recomputed_tokens": 0, "context_tokens": tokens}
+
+    records = [rec("full_recompute", 1, 500, "red car", 1.0), rec("full_recompute", 2, 3000, "c", 1.0),
+               # the adapter's own count includes its slots (1020 + 16 would cross the edge): the reference decides
+               rec("kv_packet", 1, 1036, "red", 0.5), rec("kv_packet", 2, 3016, "d", 0.0),
+               {**rec("kv_packet", 3, 10, "x", 0.0), "error": "boom"}]
+    by = aggregate(records)["by_context"]["t"]
+    assert list(by) == ["<1024", ">=2048"]
+    assert by["<1024"]["kv_packet"] == {"f1": 0.5, "fidelity": pytest.approx(2 / 3), "n": 1}
+    assert by[">=2048"]["kv_packet"]["fidelity"] == 0.0 and by[">=2048"]["full_recompute"]["fidelity"] == 1.0
+    assert "| t | <1024 | 1 | 1.000 (1.000) | 0.500 (0.667) |" in markdown_tables(aggregate(records))
+
+
 def test_eval_cli_is_registered():
     from hf_kvpacket.cli import build_parser
 

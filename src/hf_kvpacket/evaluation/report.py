@@ -5,6 +5,7 @@ is a pure function of those records, so a report can be rebuilt at any time (`kv
 
 * :func:`aggregate` -> per task x method: F1, exact match, fidelity to the full-recompute answer (PITFALLS #15),
   mean/median TTFT, mean FLOPs, recomputed tokens, number of samples; plus a macro mean over tasks.
+* :func:`by_context_length` -> the same scores per context-length bucket (does an adapter transfer to longer prompts).
 * :func:`markdown_tables` -> the tables as markdown.
 * :func:`plot_f1_by_task` (grouped bars) and :func:`plot_f1_vs_ttft` (log-x scatter), matplotlib with the Agg canvas.
 * :func:`write_report` -> `results.json`, `results.md` and the two PNGs in a results folder.
@@ -164,7 +165,53 @@ def aggregate(
         mean[method]["n"] = sum(c["n"] for c in cells)
         mean[method]["errors"] = sum(results[t][method]["errors"] for t in task_names if method in results[t])
         mean[method]["tasks_covered"] = len(cells)
-    return {"tasks": task_names, "methods": method_names, "reference": reference, "results": results, "mean": mean}
+    return {"tasks": task_names, "methods": method_names, "reference": reference, "results": results, "mean": mean,
+            "by_context": by_context_length(records, method_names, reference)}
+
+
+CONTEXT_EDGES = (1024, 2048)
+
+
+def by_context_length(
+    records: Sequence[Mapping[str, Any]],
+    methods: Sequence[str] | None = None,
+    reference: str = REFERENCE_METHOD,
+    edges: Sequence[int] = CONTEXT_EDGES,
+) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """F1 and fidelity per task, context-length bucket and method.
+
+    Adapters are trained at a context budget (768 tokens by default) and used on longer prompts; this shows whether
+    they transfer. Tasks stay apart (pooling them would mix their difficulty into the length effect). An example's
+    bucket is set by the reference method's context length (the same for every method; a method's own count would
+    include adapter slots), or its own when the reference did not run.
+
+    Returns ``{task: {bucket: {method: {"f1", "fidelity", "n"}}}}`` with buckets like ``"<1024"``, ``"1024-2047"``,
+    ``">=2048"`` (only those that have examples, in order).
+    """
+    ok = [r for r in records if "error" not in r]
+    ref = {(r["task"], str(r["id"])): r for r in ok if r["method"] == reference}
+    labels = [f"<{edges[0]}"] + [f"{a}-{b - 1}" for a, b in zip(edges, edges[1:])] + [f">={edges[-1]}"]
+
+    def bucket(r: Mapping[str, Any]) -> str | None:
+        tokens = ref.get((r["task"], str(r["id"])), r).get("context_tokens")
+        return None if tokens is None else labels[sum(tokens >= e for e in edges)]
+
+    method_names = _ordered((r["method"] for r in ok), methods)
+    out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+    for task in _ordered((r["task"] for r in ok), None):
+        cells: dict[str, dict[str, list[Mapping[str, Any]]]] = {}
+        for r in ok:
+            if r["task"] == task and (b := bucket(r)) is not None:
+                cells.setdefault(b, {}).setdefault(r["method"], []).append(r)
+        out[task] = {}
+        for b in (label for label in labels if label in cells):
+            out[task][b] = {}
+            for method in (m for m in method_names if m in cells[b]):
+                rows = cells[b][method]
+                fids = [fidelity_score(r["answer"], ref[(task, str(r["id"]))]["answer"]) for r in rows
+                        if (task, str(r["id"])) in ref]
+                out[task][b][method] = {"f1": _mean(r["f1"] for r in rows), "fidelity": _mean(fids), "n": len(rows)}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------- tables
@@ -240,6 +287,17 @@ def markdown_tables(summary: Mapping[str, Any]) -> str:
         *_table(summary, lambda s, c, m: f"{s['recomputed_tokens']:.0f} / {s['context_tokens']:.0f}"
                 if s.get("context_tokens") is not None else "—", with_mean=False),
     ]
+    by_context = summary.get("by_context") or {}
+    if any(len(buckets) > 1 for buckets in by_context.values()):
+        methods = summary["methods"]
+        out += ["", f"**By context length** (prompt tokens of the {ref} input), per task: F1 (fidelity)", "",
+                "| task | context | n | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]
+        for task, buckets in by_context.items():
+            for b, cells in buckets.items():
+                n = max(c["n"] for c in cells.values())
+                out.append(f"| {task} | {b} | {n} | " + " | ".join(
+                    f"{_fmt(cells[m]['f1'], 'score')} ({_fmt(cells[m]['fidelity'], 'score')})" if m in cells else "—"
+                    for m in methods) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -516,6 +574,7 @@ __all__ = [
     "PLOT_TTFT",
     "ReportError",
     "read_records",
+    "by_context_length",
     "aggregate",
     "markdown_tables",
     "plot_f1_by_task",
