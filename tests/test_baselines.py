@@ -387,6 +387,30 @@ def test_reuse_from_copies_only_adapter_independent_answers(tmp_path, monkeypatc
                       output=str(tmp_path / "third"))
 
 
+def test_reuse_and_resume_check_example_content_not_just_ids(tmp_path):
+    """An id does not pin an example's documents (SQuAD's distractors once depended on num_samples): answers
+    recorded for other content under the same id are recomputed, both on --reuse-from and on --resume."""
+    import json
+
+    run_tiny_eval(tmp_path, methods=("full_recompute",))
+    src = tmp_path / "run" / "samples.jsonl"
+    records = read_jsonl(src)
+    assert all(len(r["example_sha"]) == 16 for r in records)
+    records[0]["example_sha"] = "0" * 16  # as if its documents had been other ones
+    del records[1]["example_sha"]  # an old record without the hash cannot be checked
+    src.write_text("".join(json.dumps(r) + "\n" for r in records))
+    run_tiny_eval(tmp_path, methods=("full_recompute",), reuse_from=str(tmp_path / "run"),
+                  output=str(tmp_path / "second"))
+    second = read_jsonl(tmp_path / "second" / "samples.jsonl")
+    assert len(second) == 2 and not any("reused_from" in r for r in second)
+    assert {r["example_sha"] for r in second} == {r["example_sha"] for r in read_jsonl(tmp_path / "second" /
+                                                                                        "samples.jsonl")}
+    summary = run_tiny_eval(tmp_path, methods=("full_recompute",), resume=True)  # the tampered run, resumed
+    again = read_jsonl(src)
+    assert len(again) == 4 and summary["results"]["biography"]["full_recompute"]["n"] == 2
+    assert [r["example_sha"] for r in again[2:]] == [r["example_sha"] for r in second]
+
+
 def read_jsonl_tolerant(path):
     from hf_kvpacket.evaluation.report import read_records
 

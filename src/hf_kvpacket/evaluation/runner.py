@@ -21,6 +21,7 @@ Examples
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -191,10 +192,10 @@ def _meta(config: EvalConfig, methods: Sequence[BaselineMethod], adapter: Packet
     }
 
 
-def _check_resume(output: Path, config: EvalConfig) -> set[tuple[str, str, str]]:
+def _check_resume(output: Path, config: EvalConfig) -> dict[tuple[str, str, str], str | None]:
     samples = output / SAMPLES_FILE
     if not samples.exists():
-        return set()
+        return {}
     if not config.resume:
         raise EvalRunError(
             f"{samples} already exists. Pass --resume to continue that run, or choose another --output folder."
@@ -210,16 +211,34 @@ def _check_resume(output: Path, config: EvalConfig) -> set[tuple[str, str, str]]
             diffs = ", ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in changed)
             raise EvalRunError(f"Cannot resume {output}: settings changed ({diffs}). Use another --output folder.")
     _drop_partial_line(samples)
-    done = set()
+    done: dict[tuple[str, str, str], str | None] = {}
     from .report import read_records
 
     for r in read_records(samples):
         if "error" not in r:
-            done.add((r["task"], r["method"], str(r["id"])))
+            done[(r["task"], r["method"], str(r["id"]))] = r.get("example_sha")
     return done
 
 
-def _check_adapter_unchanged(output: Path, adapter: PacketAdapter | None, done: set) -> None:
+def example_sha(row: dict[str, Any]) -> str:
+    """Content hash of an example (documents + question). An id alone does not pin the content: a generator's
+    distractor draws may depend on `num_samples`, so answers are resumed or reused only where this hash matches."""
+    payload = json.dumps([list(row["documents"]), row["question"]], ensure_ascii=False)
+    return hashlib.sha1(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def _drop_stale(done: dict, datasets: dict[str, Any], where: str) -> None:
+    """Forget recorded answers whose example content differs from (or cannot be checked against) this run's."""
+    shas = {(task, str(row["id"])): example_sha(row) for task, ds in datasets.items() for row in ds}
+    stale = [k for k, sha in done.items() if (k[0], k[2]) in shas and sha != shas[(k[0], k[2])]]
+    for k in stale:
+        del done[k]
+    if stale:
+        logger.warning("%d recorded answers in %s were for other example contents under the same id (or carry no "
+                       "content hash); they are recomputed.", len(stale), where)
+
+
+def _check_adapter_unchanged(output: Path, adapter: PacketAdapter | None, done: dict) -> None:
     """On resume, the adapter's weights must be those of the answers already recorded (a folder can be retrained)."""
     saved_path = output / RUN_CONFIG_FILE
     if not done or not saved_path.is_file():
@@ -236,7 +255,7 @@ def _check_adapter_unchanged(output: Path, adapter: PacketAdapter | None, done: 
 
 
 def _reuse_answers(config: EvalConfig, methods: Sequence[BaselineMethod], datasets: dict[str, Any],
-                   done: set, sink: Any) -> int:
+                   done: dict, sink: Any) -> int:
     """Copy adapter-independent answers from `config.reuse_from` (see `EvalConfig.reuse_from`); returns how many."""
     source = Path(config.reuse_from)
     saved_path = source / RUN_CONFIG_FILE
@@ -250,16 +269,22 @@ def _reuse_answers(config: EvalConfig, methods: Sequence[BaselineMethod], datase
         raise EvalRunError(f"Cannot reuse answers of {source}: settings differ ({diffs}).")
     from .report import read_records
 
-    wanted = {(task, m.label, str(row["id"])) for task, ds in datasets.items() for row in ds
+    wanted = {(task, m.label, str(row["id"])): example_sha(row) for task, ds in datasets.items() for row in ds
               for m in methods if not isinstance(m, KVPacket)}
-    n = 0
+    n = skipped = 0
     for r in read_records(source / SAMPLES_FILE):
         key = (r["task"], r["method"], str(r["id"]))
         if "error" in r or key not in wanted or key in done:
             continue
+        if r.get("example_sha") != wanted[key]:  # same id, other documents (or an old record without the hash)
+            skipped += 1
+            continue
         sink.write(json.dumps({**r, "reused_from": r.get("reused_from", str(source))}, ensure_ascii=False) + "\n")
-        done.add(key)
+        done[key] = wanted[key]
         n += 1
+    if skipped:
+        logger.warning("%d answers of %s were not reused: their example content differs from this run's under the "
+                       "same id, or they carry no content hash. They are recomputed.", skipped, source)
     sink.flush()
     return n
 
@@ -293,6 +318,7 @@ def _record(task: str, method: BaselineMethod, row: dict[str, Any], result) -> d
         "total_s": result.total_s,
         "prepare_s": result.prepare_s,
         "num_documents": len(row["documents"]),
+        "example_sha": example_sha(row),
     }
 
 
@@ -344,6 +370,7 @@ def run_evaluation(config: EvalConfig, model: torch.nn.Module | None = None, tok
                                           encoding="utf-8")
     datasets = {task: load_task(task, split=config.split, num_samples=config.num_samples, seed=config.seed)
                 for task in config.tasks}
+    _drop_stale(done, datasets, str(output))
     warmed = not config.warmup
     with (output / SAMPLES_FILE).open("a", encoding="utf-8") as sink:
         if config.reuse_from:
@@ -379,4 +406,4 @@ def run_evaluation(config: EvalConfig, model: torch.nn.Module | None = None, tok
     return write_report(output, meta=meta, methods=[m.label for m in methods], tasks=list(config.tasks))
 
 
-__all__ = ["EvalConfig", "EvalRunError", "RUN_CONFIG_FILE", "resolve_adapter", "run_evaluation"]
+__all__ = ["EvalConfig", "EvalRunError", "RUN_CONFIG_FILE", "example_sha", "resolve_adapter", "run_evaluation"]
