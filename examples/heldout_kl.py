@@ -7,6 +7,7 @@ learn" (KL near the reference) from "greedy answers diverge anyway" (KL well bel
 
     python examples/heldout_kl.py --task squad --adapters adapters/qwen2.5-coder-0.5b-instruct-mixture \
         adapters/qwen2.5-coder-0.5b-instruct-squad --work-dir runs/heldout-squad
+    python examples/heldout_kl.py --fast    # tiny random model and a random adapter, two examples
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from hf_kvpacket import PacketAdapter
 from hf_kvpacket.evaluation import load_task
 from hf_kvpacket.offline_models import load_model_and_tokenizer
+from hf_kvpacket.testing import example_model
 from hf_kvpacket.training import DistillationCollator, PacketDistillationModel, TeacherConfig, build_teacher_dataset
 
 
@@ -29,13 +31,19 @@ def main() -> None:
     p.add_argument("--adapters", nargs="*", default=[])
     p.add_argument("--num-samples", type=int, default=20)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--work-dir", required=True, help="where the teacher rows are cached")
+    p.add_argument("--work-dir", default=".kvpacket_cache/heldout_kl", help="where the teacher rows are cached")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--fast", action="store_true")
     args = p.parse_args()
-    model, tok = load_model_and_tokenizer(args.model, dtype=getattr(torch, args.dtype))
+    if args.fast:
+        model, tok = example_model(True)
+        PacketAdapter.for_model(model, 2, 2, seed=1).save_pretrained(f"{args.work_dir}/random-adapter", model_card=False)
+        args.task, args.num_samples, args.adapters = "biography", 2, [f"{args.work_dir}/random-adapter"]
+    else:
+        model, tok = load_model_and_tokenizer(args.model, dtype=getattr(torch, args.dtype))
     rows = load_task(args.task, split="eval", num_samples=args.num_samples, seed=args.seed)
-    teacher = build_teacher_dataset(model, tok, rows, f"{args.work_dir}/teacher",
-                                    TeacherConfig(max_new_tokens=24, max_context_tokens=None))
+    teacher = build_teacher_dataset(model, tok, rows, f"{args.work_dir}/teacher{'-fast' if args.fast else ''}",
+                                    TeacherConfig(max_new_tokens=4 if args.fast else 24, max_context_tokens=None))
     teacher = teacher.filter(lambda r: len(r["teacher_ids"]) > 0)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     for name in ["none", *args.adapters]:
