@@ -17,16 +17,19 @@ def row(docs=DOCS, answer=ANSWER):
     return {"preamble_ids": PREAMBLE, "document_ids": docs, "query_ids": QUERY, "teacher_ids": answer}
 
 
+@pytest.mark.parametrize("slots", [(3, 2), (0, 0)])
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_student_forward_equals_packet_cache_path(arch):
+def test_student_forward_equals_packet_cache_path(arch, slots):
+    """(0, 0): the no-adapter reference's student is exactly the no-recompute inference path."""
     model = build(arch, torch.float64)
-    adapter = PacketAdapter.for_model(model, 3, 2).double()
+    adapter = PacketAdapter.for_model(model, *slots).double()
     wrapper = PacketDistillationModel(model, adapter)
-    batch = DistillationCollator(3, 2)([row(), row(DOCS[:2], ANSWER[:2])])
+    batch = DistillationCollator(*slots)([row(), row(DOCS[:2], ANSWER[:2])])
     with float64_rotary(model), torch.no_grad():
         student = wrapper.student_logits(batch["student_input_ids"], batch["student_slots"],
                                          batch["student_block_ids"], batch["student_label_positions"])
-        cache = PacketCache.from_packets(encode_packets(model, DOCS, adapter), model=model, preamble=PREAMBLE)
+        packets = encode_packets(model, DOCS, adapter if slots != (0, 0) else None)
+        cache = PacketCache.from_packets(packets, model=model, preamble=PREAMBLE)
         inference = model(**cache.inputs_for(QUERY + ANSWER[:-1])).logits[0, len(QUERY) - 1:]
     assert (student[0] - inference).abs().max().item() <= 1e-9
 
@@ -66,20 +69,13 @@ def test_query_targets_align_with_packet_cache_path(arch):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_no_adapter_reference_is_the_no_recompute_path(arch):
-    """The reference KL's student (a 0/0 adapter) is exactly the no-recompute inference path, and its KL is the
-    batch-weighted mean of the per-batch losses (as Trainer.evaluate reports eval_loss)."""
+def test_no_adapter_reference_kl_is_the_batch_weighted_eval_loss(arch):
+    """The reference KL (its student is checked against the no-recompute path above) is the batch-weighted mean of
+    the per-batch losses, as Trainer.evaluate reports eval_loss."""
     from hf_kvpacket.training.reference import no_adapter_kl
 
     model = build(arch, torch.float64)
     wrapper = PacketDistillationModel(model, PacketAdapter.for_model(model, 0, 0).double())
-    batch = DistillationCollator(0, 0)([row()])
-    with float64_rotary(model), torch.no_grad():
-        student = wrapper.student_logits(batch["student_input_ids"], batch["student_slots"],
-                                         batch["student_block_ids"], batch["student_label_positions"])
-        cache = PacketCache.from_packets(encode_packets(model, DOCS, None), model=model, preamble=PREAMBLE)
-        inference = model(**cache.inputs_for(QUERY + ANSWER[:-1])).logits[0, len(QUERY) - 1:]
-    assert (student[0] - inference).abs().max().item() <= 1e-9
     k = 5
     rows = [dict(row(DOCS[:n], ANSWER[:n + 1]), teacher_topk_ids=[list(range(k))] * (n + 1),
                  teacher_topk_logprobs=[[-1.7] * k] * (n + 1)) for n in (1, 2, 3)]

@@ -227,9 +227,9 @@ def example_sha(row: dict[str, Any]) -> str:
     return hashlib.sha1(payload.encode("utf-8")).hexdigest()[:16]
 
 
-def _drop_stale(done: dict, datasets: dict[str, Any], where: str) -> None:
-    """Forget recorded answers whose example content differs from (or cannot be checked against) this run's."""
-    shas = {(task, str(row["id"])): example_sha(row) for task, ds in datasets.items() for row in ds}
+def _drop_stale(done: dict, shas: dict[tuple[str, str], str], where: str) -> None:
+    """Forget recorded answers whose example content differs from (or cannot be checked against) this run's
+    (`shas`: (task, id) -> `example_sha`)."""
     stale = [k for k, sha in done.items() if (k[0], k[2]) in shas and sha != shas[(k[0], k[2])]]
     for k in stale:
         del done[k]
@@ -254,7 +254,7 @@ def _check_adapter_unchanged(output: Path, adapter: PacketAdapter | None, done: 
         )
 
 
-def _reuse_answers(config: EvalConfig, methods: Sequence[BaselineMethod], datasets: dict[str, Any],
+def _reuse_answers(config: EvalConfig, methods: Sequence[BaselineMethod], shas: dict[tuple[str, str], str],
                    done: dict, sink: Any) -> int:
     """Copy adapter-independent answers from `config.reuse_from` (see `EvalConfig.reuse_from`); returns how many."""
     source = Path(config.reuse_from)
@@ -269,8 +269,8 @@ def _reuse_answers(config: EvalConfig, methods: Sequence[BaselineMethod], datase
         raise EvalRunError(f"Cannot reuse answers of {source}: settings differ ({diffs}).")
     from .report import read_records
 
-    wanted = {(task, m.label, str(row["id"])): example_sha(row) for task, ds in datasets.items() for row in ds
-              for m in methods if not isinstance(m, KVPacket)}
+    reusable = [m.label for m in methods if not isinstance(m, KVPacket)]
+    wanted = {(task, label, i): sha for (task, i), sha in shas.items() for label in reusable}
     n = skipped = 0
     for r in read_records(source / SAMPLES_FILE):
         key = (r["task"], r["method"], str(r["id"]))
@@ -370,11 +370,12 @@ def run_evaluation(config: EvalConfig, model: torch.nn.Module | None = None, tok
                                           encoding="utf-8")
     datasets = {task: load_task(task, split=config.split, num_samples=config.num_samples, seed=config.seed)
                 for task in config.tasks}
-    _drop_stale(done, datasets, str(output))
+    shas = {(task, str(row["id"])): example_sha(row) for task, ds in datasets.items() for row in ds}
+    _drop_stale(done, shas, str(output))
     warmed = not config.warmup
     with (output / SAMPLES_FILE).open("a", encoding="utf-8") as sink:
         if config.reuse_from:
-            logger.info("Reused %d answers from %s.", _reuse_answers(config, methods, datasets, done, sink),
+            logger.info("Reused %d answers from %s.", _reuse_answers(config, methods, shas, done, sink),
                         config.reuse_from)
     todo = sum(1 for task, ds in datasets.items() for row in ds for m in methods
                if (task, m.label, str(row["id"])) not in done)

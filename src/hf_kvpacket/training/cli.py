@@ -71,24 +71,34 @@ def export_best(work_dir: str, output: str, task: str | None = None, eval_result
     training_args = {"task": task or adapter.config.task, "checkpoint": os.path.basename(best),
                      "steps_run": state.get("global_step"), "best_val_kl": state.get("best_metric"),
                      "val_kl_curve": [(h["step"], round(h["eval_loss"], 4)) for h in evals]}
-    reference = os.path.join(work_dir, "no_adapter_val_kl.json")
-    if os.path.exists(reference):
-        with open(reference) as f:
-            training_args["no_adapter_val_kl"] = json.load(f)["no_adapter_val_kl"]
+    reference = _stored_reference(work_dir)
+    if reference is not None:
+        training_args["no_adapter_val_kl"] = reference
     adapter.save_pretrained(output, training_args=training_args, eval_results=eval_results,
                             datasets=[training_args["task"]] if training_args["task"] else None)
     _write_log(output, work_dir, training_args, state["log_history"])
     return best
 
 
+REFERENCE_FILE = "no_adapter_val_kl.json"
+
+
+def _stored_reference(work_dir: str) -> float | None:
+    path = os.path.join(work_dir, REFERENCE_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["no_adapter_val_kl"]
+
+
 def _reference_kl(work_dir: str, base: Any, val: Any, pad: int, batch_size: int, loss: str) -> float:
     """The no-adapter validation KL of this run (computed once, kept in the work dir for resumed runs)."""
     from .reference import no_adapter_kl
 
-    path = os.path.join(work_dir, "no_adapter_val_kl.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)["no_adapter_val_kl"]
+    stored = _stored_reference(work_dir)
+    if stored is not None:
+        return stored
+    path = os.path.join(work_dir, REFERENCE_FILE)
     value = no_adapter_kl(base, val, pad_token_id=pad, batch_size=batch_size, loss_type=loss)
     with open(path + ".tmp", "w") as f:
         json.dump({"no_adapter_val_kl": value, "num_val": len(val)}, f)

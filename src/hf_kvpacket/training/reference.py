@@ -33,11 +33,11 @@ def no_adapter_kl(model: nn.Module, rows: Sequence[dict[str, Any]], pad_token_id
     """
     wrapper = PacketDistillationModel(model, PacketAdapter.for_model(model, 0, 0), loss_type=loss_type).eval()
     collator = DistillationCollator(0, 0, pad_token_id=pad_token_id)
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(rows), batch_size):
         chunk = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
         batch = {k: v for k, v in collator(chunk).items() if torch.is_tensor(v)}
-        device = next(model.parameters()).device
         total += wrapper(**{k: v.to(device) for k, v in batch.items()})["loss"].item() * len(chunk)
         count += len(chunk)
     if count == 0:
