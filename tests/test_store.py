@@ -50,7 +50,7 @@ def test_key_covers_adapter_and_model(tmp_path, model):
 
 
 def test_corrupt_and_truncated_files_raise_and_others_work(tmp_path, model):
-    store = PacketStore(tmp_path, model, ToyTokenizer(), max_memory_bytes=0)
+    store = PacketStore(tmp_path, model, ToyTokenizer(), max_memory_bytes=0, on_corrupt="raise")
     store.get_many(DOCS, progress=False)
     tok = ToyTokenizer()
     p0, p1 = (store.path(store.key(tok(d)["input_ids"])) for d in DOCS[:2])
@@ -95,8 +95,20 @@ def test_files_with_older_checksums_still_load(tmp_path, model):
     packet = store.get(DOCS[0])
     path = store.path(store.key(ToyTokenizer()(DOCS[0])["input_ids"]))
     with safe_open(path, framework="pt") as f:
-        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    assert meta["checksum_algo"] == "wsum64-v2"
+        meta, tensors = f.metadata(), {k: f.get_tensor(k).clone() for k in f.keys()}
+    assert meta["checksum_algo"] == "wsum64-v3"
+    from safetensors.torch import save
+
+    from hf_kvpacket.store import _wsum64
+    v2 = {k: v for k, v in meta.items() if k not in ("dtype", "kv_heads", "head_dim", "length")}
+    v2["checksum_algo"], v2["checksum"] = "wsum64-v2", "?" * 16  # data region only, header not covered
+    blob = bytearray(save(tensors, metadata=v2))
+    n = int.from_bytes(blob[:8], "little")
+    at = blob.index(b"?" * 16)
+    blob[at: at + 16] = f"{_wsum64(torch.frombuffer(bytearray(blob[8 + n:]), dtype=torch.uint8)):016x}".encode()
+    open(path, "wb").write(bytes(blob))
+    again = PacketStore(tmp_path, model, ToyTokenizer(), max_memory_bytes=0, on_corrupt="raise").get(DOCS[0])
+    assert all(torch.equal(a, b) for a, b in zip(packet.keys + packet.values, again.keys + again.values))
     meta["checksum_algo"], meta["checksum"] = "wsum64-v1", _checksum(tensors, "wsum64-v1")  # per-tensor (v1)
     save_file(tensors, path, metadata=meta)
     again = PacketStore(tmp_path, model, ToyTokenizer(), max_memory_bytes=0).get(DOCS[0])
@@ -109,7 +121,7 @@ def test_files_with_older_checksums_still_load(tmp_path, model):
     meta["checksum"] = "00000000"
     save_file(tensors, path, metadata=meta)
     with pytest.raises(PacketStoreError, match="checksum mismatch"):
-        PacketStore(tmp_path, model, ToyTokenizer(), max_memory_bytes=0).get(DOCS[0])
+        PacketStore(tmp_path, model, ToyTokenizer(), max_memory_bytes=0, on_corrupt="raise").get(DOCS[0])
 
 
 def _writer(args):
@@ -175,3 +187,77 @@ def test_parse_safetensors_equals_safetensors_own_reader(tmp_path):
         (tmp_path / "cut.safetensors").write_bytes(blob[:cut])
         with pytest.raises(ValueError):
             parse_safetensors(read_file(str(tmp_path / "cut.safetensors"))[0])
+
+
+def _fail_writes(monkeypatch, err):
+    import errno as _errno
+
+    import hf_kvpacket.packet_file as pf
+
+    def fail(*a, **k):
+        raise OSError(err, os.strerror(err))
+
+    if err == _errno.ENOSPC:  # the disk fills up in the middle of the write: the temporary file exists by then
+        real = os.fsync
+        monkeypatch.setattr(pf.os, "fsync", lambda fd: fail() if True else real(fd))
+    else:
+        monkeypatch.setattr(pf.tempfile, "mkstemp", fail)
+
+
+@pytest.mark.parametrize("err, words", [(30, "read-only"), (28, "disk is full")])
+def test_unwritable_store_returns_the_packets_with_one_warning(tmp_path, model, monkeypatch, err, words):
+    """A miss on a read-only store or a full disk used to raise a raw OSError and lose the hit and the new packet."""
+    tok = ToyTokenizer()
+    store = PacketStore(tmp_path, model, tok)
+    hit = store.get(DOCS[0])
+    _fail_writes(monkeypatch, err)
+    with pytest.warns(RuntimeWarning, match=f"cannot write {tmp_path}.*{words}") as record:
+        packets = store.get_many(DOCS, progress=False)
+        store.get_many(["another document here"], progress=False)
+    assert len([w for w in record if "cannot write" in str(w.message)]) == 1  # once per store
+    assert packets[0] is hit and all(p.token_ids == tuple(tok(d)["input_ids"]) for p, d in zip(packets, DOCS))
+    leftovers = [f for _, _, files in os.walk(tmp_path) for f in files if not f.endswith(".safetensors")]
+    assert leftovers == []  # never a partial file
+    assert store.get(DOCS[1]) is packets[1]  # kept in memory
+    strict = PacketStore(tmp_path, model, tok, on_write_error="raise")
+    with pytest.raises(PacketStoreError, match=f"cannot write {tmp_path}.*{words}"):
+        strict.get_many(["yet another document"], progress=False)
+
+
+def test_corrupt_entry_is_quarantined_and_reencoded(tmp_path, model):
+    tok = ToyTokenizer()
+    store = PacketStore(tmp_path, model, tok, max_memory_bytes=0)
+    good = store.get_many(DOCS, progress=False)
+    bad_path = store.path(store.key(tok(DOCS[1])["input_ids"]))
+    with open(bad_path, "r+b") as f:
+        f.seek(os.path.getsize(bad_path) - 20)
+        f.write(b"\x00\xff" * 8)
+    with pytest.warns(RuntimeWarning, match=r"checksum mismatch.*moved to .*\.quarantine"):
+        again = store.get_many(DOCS, progress=False)  # one bad file does not fail the call
+    assert store.last_call.disk_hits == 2 and store.last_call.misses == 1
+    for a, b in zip(good, again):  # re-encoded alone instead of in a padded batch: equal to float rounding
+        assert all(torch.allclose(x, y, atol=1e-5, rtol=0) for x, y in zip(a.keys + a.values, b.keys + b.values))
+    assert os.listdir(store.quarantine_dir) and os.path.dirname(store.quarantine_dir) == os.path.dirname(str(tmp_path))
+    fresh = PacketStore(tmp_path, model, tok, max_memory_bytes=0, on_corrupt="raise")
+    fresh.get_many(DOCS, progress=False)
+    assert fresh.last_call.disk_hits == 3  # the re-encoded file is valid
+
+
+def test_memory_only_store_and_put(tmp_path, model):
+    from hf_kvpacket import encode_packets
+
+    tok = ToyTokenizer()
+    mem = PacketStore(None, model, tok)
+    first = mem.get_many(DOCS, progress=False)
+    assert mem.get_many(DOCS, progress=False)[0] is first[0] and mem.last_call.memory_hits == 3
+    assert mem.path(mem.key([1, 2])) is None
+    disk = PacketStore(tmp_path, model, tok, max_memory_bytes=0)
+    ids = tok(DOCS[0])["input_ids"]
+    packet = encode_packets(model, [ids], progress=False)[0]
+    key = disk.put(DOCS[0], packet)
+    assert os.path.exists(disk.path(key)) and disk.get(DOCS[0]).token_ids == packet.token_ids
+    assert disk.last_call.disk_hits == 1
+    with pytest.raises(PacketStoreError, match="other tokens"):
+        disk.put(DOCS[1], packet)
+    with pytest.raises(PacketStoreError, match="another model"):
+        PacketStore(tmp_path, build("llama", seed=3), tok).put(DOCS[0], packet)

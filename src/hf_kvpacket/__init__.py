@@ -12,13 +12,14 @@ Example
 >>> out = model.generate(**cache.inputs_for(question), max_new_tokens=64)
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 from .adapter import PacketAdapter, adapter_fingerprint
 from .cache import PacketCache
 from .compat import cache_kwarg_name, cache_kwargs, output_cache
 from .config import KVPacketConfig
 from .errors import (
+    AdapterConfigError,
     CacheReuseError,
     ContextTooLongError,
     EmptyQueryError,
@@ -33,7 +34,8 @@ from .fingerprint import model_fingerprint
 from .masks import block_attention_mask, model_attention_mask
 from .packet import Packet, encode_packets, encode_preamble
 from .rope import Rerotator, get_rerotator
-from .store import PacketStore, StoreStats, load_packet, save_packet
+from .packet_file import load_packet, save_packet
+from .store import PacketStore, StoreStats
 
 __all__ = [
     "__version__",
@@ -62,6 +64,7 @@ __all__ = [
     "FingerprintMismatchError",
     "CacheReuseError",
     "PacketStoreError",
+    "AdapterConfigError",
     "EmptyQueryError",
     "ContextTooLongError",
     "OfflineAssetError",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import re
 import tempfile
 from typing import Any
 
@@ -10,11 +13,23 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import CONFIG_NAME, WEIGHTS_NAME, KVPacketConfig
-from .errors import KVPacketError
+from .config import CONFIG_NAME, WEIGHTS_NAME, KVPacketConfig, model_architecture
+from .errors import AdapterConfigError, KVPacketError
 from .fingerprint import model_fingerprint, tensors_fingerprint
 
 NO_ADAPTER = "none"
+logger = logging.getLogger(__name__)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def _looks_local(path: str) -> bool:
+    """A path a user meant as a folder on disk (not a Hub repo id): absolute, relative with ./ ../ ~, a trailing or
+    backslash separator, several components, or a first component that exists here (e.g. `adapters/...`)."""
+    if os.path.isabs(path) or path.startswith(("./", "../", "~", ".\\")) or path.endswith(("/", "\\")):
+        return True
+    if "\\" in path or path.count("/") > 1 or not _HUB_ID.match(path):
+        return True
+    return "/" in path and os.path.isdir(path.split("/")[0])
 
 
 class PacketAdapter(nn.Module):
@@ -33,6 +48,7 @@ class PacketAdapter(nn.Module):
     def __init__(self, config: KVPacketConfig):
         super().__init__()
         self.config = config
+        self.allow_other_base_model = False
         dtype = getattr(torch, config.torch_dtype)
         self.header = nn.Parameter(torch.zeros(config.num_header_tokens, config.hidden_size, dtype=dtype))
         self.trailer = nn.Parameter(torch.zeros(config.num_trailer_tokens, config.hidden_size, dtype=dtype))
@@ -62,6 +78,7 @@ class PacketAdapter(nn.Module):
             init=init,
             base_model_name_or_path=getattr(getattr(model, "config", None), "_name_or_path", None) or None,
             base_model_fingerprint=model_fingerprint(model),
+            base_model_architecture=model_architecture(model),
             **config_kwargs,
         )
         adapter = cls(config)
@@ -113,13 +130,40 @@ class PacketAdapter(nn.Module):
         return torch.cat([head, document_embeds, tail], dim=1)
 
     def check_model(self, model: nn.Module) -> None:
-        """Refuse a model whose hidden size differs from the adapter's."""
+        """Refuse a model whose hidden size differs from the adapter's, or (same hidden size) another base model.
+
+        The base model is identified by its config (`KVPacketConfig.base_model_architecture`: model type, layers,
+        heads, vocabulary, sizes), not by dtype or folder. `PacketAdapter.from_pretrained(...,
+        allow_other_base_model=True)` turns the refusal into a warning (e.g. a fine-tune of the base with the same
+        architecture; its packets are still keyed by its own fingerprint). Adapters saved before the field existed
+        are compared by base-model name, with a warning only.
+        """
         hidden = model.get_input_embeddings().weight.shape[1]
         if hidden != self.config.hidden_size:
             raise KVPacketError(
                 f"This adapter has hidden size {self.config.hidden_size} but the model has {hidden}: it was trained "
                 f"for {self.config.base_model_name_or_path!r}. Load the adapter made for your model."
             )
+        want, key = self.config.base_model_architecture, id(model)
+        if key in getattr(self, "_checked", set()):
+            return
+        if want:
+            have = model_architecture(model)
+            diff = {k: (v, have.get(k)) for k, v in want.items() if have.get(k) != v}
+            if diff:
+                message = (f"This adapter was trained for {self.config.base_model_name_or_path!r}, a model that differs "
+                           f"from the one given in {', '.join(f'{k} ({a} vs {b})' for k, (a, b) in diff.items())}. "
+                           "Soft tokens trained for one model are noise to another: load the adapter made for your "
+                           "model")
+                if not self.allow_other_base_model:
+                    raise AdapterConfigError(message + " (or pass allow_other_base_model=True to from_pretrained).")
+                logger.warning(message + "; using it anyway (allow_other_base_model=True).")
+        else:
+            name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+            base = self.config.base_model_name_or_path
+            if base and name and not os.path.isdir(name) and name.lower() != base.lower():
+                logger.warning("This adapter was trained for %r but the model is %r.", base, name)
+        self.__dict__.setdefault("_checked", set()).add(key)
 
     # ------------------------------------------------------------------ artifacts
     def save_pretrained(
@@ -142,7 +186,7 @@ class PacketAdapter(nn.Module):
         meta = {"format": "pt", "adapter_type": self.config.adapter_type, "fingerprint": self.fingerprint}
         save_file(tensors, os.path.join(save_directory, WEIGHTS_NAME), metadata=meta)
         if model_card:
-            write_model_card(self, save_directory, eval_results=eval_results, training_args=training_args, datasets=datasets)
+            write_model_card(self.config, self.fingerprint, save_directory, eval_results=eval_results, training_args=training_args, datasets=datasets)
 
     @classmethod
     def from_pretrained(
@@ -150,15 +194,26 @@ class PacketAdapter(nn.Module):
         path_or_repo_id: str | os.PathLike,
         revision: str | None = None,
         device: str | torch.device | None = None,
+        allow_other_base_model: bool = False,
         **hub_kwargs: Any,
     ) -> "PacketAdapter":
-        """Load from a local folder or a Hub repo id (with `revision`), through huggingface_hub's download cache."""
+        """Load from a local folder or a Hub repo id (with `revision`), through huggingface_hub's download cache.
+
+        Everything is validated before use: config types and ranges, weights against the config (names, shapes,
+        finite values). `allow_other_base_model=True` accepts using it on a model other than the one it was trained
+        for (warned; see `check_model`).
+        """
         path = str(path_or_repo_id)
         if os.path.isdir(path):
             config_file, weights_file = os.path.join(path, CONFIG_NAME), os.path.join(path, WEIGHTS_NAME)
             for f in (config_file, weights_file):
                 if not os.path.isfile(f):
                     raise KVPacketError(f"{path!r} is not a KV Packet adapter folder: {os.path.basename(f)} is missing.")
+        elif _looks_local(path):
+            raise AdapterConfigError(
+                f"No such local folder: {path!r} (looked in {os.path.abspath(os.path.expanduser(path))}). Check the "
+                "path; a Hub repo id looks like 'namespace/name'."
+            )
         else:
             from huggingface_hub import hf_hub_download
 
@@ -166,12 +221,29 @@ class PacketAdapter(nn.Module):
             weights_file = hf_hub_download(path, WEIGHTS_NAME, revision=revision, **hub_kwargs)
         config = KVPacketConfig.from_pretrained(os.path.dirname(config_file))
         adapter = cls(config)
-        state = load_file(weights_file)
+        adapter.allow_other_base_model = allow_other_base_model
+        try:
+            state = load_file(weights_file)
+        except Exception as e:  # safetensors raises its own error types for garbled files
+            raise AdapterConfigError(f"{weights_file}: unreadable weights ({e}). Re-download or re-save the adapter.") \
+                from e
+        extra = sorted(set(state) - {"header", "trailer"})
+        if extra:
+            raise AdapterConfigError(f"{weights_file}: unexpected tensors {extra}; an adapter holds header and trailer.")
         for name in ("header", "trailer"):
             expected = tuple(getattr(adapter, name).shape)
             if name not in state or tuple(state[name].shape) != expected:
                 got = tuple(state[name].shape) if name in state else None
-                raise KVPacketError(f"{weights_file}: tensor {name!r} has shape {got}, the config says {expected}.")
+                raise AdapterConfigError(f"{weights_file}: tensor {name!r} has shape {got}, the config says {expected}.")
+            t = state[name]
+            if not t.is_floating_point():
+                raise AdapterConfigError(f"{weights_file}: tensor {name!r} is {t.dtype}, soft tokens are floating point.")
+            bad = (~torch.isfinite(t)).sum().item()
+            if bad:
+                raise AdapterConfigError(
+                    f"{weights_file}: tensor {name!r} holds {bad} NaN/Inf values (a diverged training run?). Use an "
+                    "earlier checkpoint."
+                )
         adapter.load_state_dict(state)
         if device is not None:
             adapter.to(device)

@@ -14,6 +14,7 @@ transformers, so positions stay contiguous inside each row).
 
 from __future__ import annotations
 
+import logging
 import weakref
 from typing import Any, Sequence, Union
 
@@ -33,9 +34,36 @@ from .errors import (
 )
 from .fingerprint import FORMAT_VERSION, model_fingerprint
 from .packet import Packet, encode_preamble
+from .model_structure import decoder
 from .rope import decoder_layers, get_rerotator, rotation_tables
 
 Item = Union[Packet, str]
+logger = logging.getLogger(__name__)
+POSITION_OVERFLOW = ("warn", "raise")
+
+#: Decoders that carry the position guard (one forward pre-hook per decoder, a no-op for caches other than ours).
+_GUARDED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
+def _position_guard(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook of the decoder: lets a `PacketCache` see the positions of every forward that uses it.
+
+    A cache's update never sees positions on transformers < 5.24, and a reused one-token query looks like a decoding
+    step by its length alone; its positions give it away (they restart where the first call started).
+    """
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if isinstance(cache, PacketCache):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        new = ids.shape[-1] if ids is not None else (embeds.shape[1] if embeds is not None else None)
+        cache._before_forward(kwargs.get("position_ids"), new)
+
+
+def _guard_positions(model: nn.Module) -> None:
+    dec = decoder(model)
+    if dec not in _GUARDED:
+        dec.register_forward_pre_hook(_position_guard, with_kwargs=True)
+        _GUARDED.add(dec)
 
 
 def _layer_devices(model: nn.Module) -> list[torch.device]:
@@ -283,6 +311,12 @@ class PacketCache(DynamicCache):
         self._tokenizer = None
         self._model_ref = None
         self._max_positions: int | None = None
+        self._model_dtype: torch.dtype | None = None
+        self._composing = False
+        self._appended = 0  # slots added by forwards after composition (query prefill + decoding steps)
+        self._pos_shift: list[int] = []  # per row: real query tokens - padded query width (left padding has no position)
+        self.position_overflow = "warn"
+        self._overflow_warned = False
 
     # ------------------------------------------------------------------ composition
     @classmethod
@@ -294,6 +328,7 @@ class PacketCache(DynamicCache):
         preamble: str | Sequence[int] | Packet | None = None,
         adapter: PacketAdapter | None = None,
         single_use: bool = True,
+        position_overflow: str = "warn",
     ) -> "PacketCache":
         """Compose `preamble + packets` for one row, or one list of packets per row for a batch.
 
@@ -314,16 +349,26 @@ class PacketCache(DynamicCache):
         single_use:
             Refuse a second prefill on this cache (the usual mistake of passing one cache to two `generate()` calls).
             Set `False` for assisted/speculative decoding, which prefills several tokens at a time.
+        position_overflow:
+            What generating past the model's `max_position_embeddings` does: `"warn"` (once, as `generate()` does
+            for a plain prompt) or `"raise"` (`ContextTooLongError` at the step that would cross it).
         """
+        if position_overflow not in POSITION_OVERFLOW:
+            raise KVPacketError(f"position_overflow must be one of {POSITION_OVERFLOW}, got {position_overflow!r}.")
         batched = len(packets) > 0 and not isinstance(packets[0], (Packet, str))
         rows: list[list[Item]] = [list(r) for r in packets] if batched else [list(packets)]
         if not rows:
             raise KVPacketError("from_packets needs at least one row.")
         cache = cls(config=model.config)
         cache.single_use = single_use
+        cache.position_overflow = position_overflow
         cache._tokenizer = tokenizer
         cache._model_ref = weakref.ref(model)
+        cache._composing = True
         rerotator = get_rerotator(model)
+        _guard_positions(model)
+        param = next((p for p in model.parameters() if p.is_floating_point()), None)
+        cache._model_dtype = param.dtype if param is not None else None
         cache._max_positions = rerotator.max_position_embeddings
         cache.model_fingerprint = model_fingerprint(model)
         pre = cache._preamble_packet(model, preamble)
@@ -341,6 +386,7 @@ class PacketCache(DynamicCache):
             cache._compose_with_segments(model, rerotator, pre, rows[0])
         else:
             cache._compose_rows(model, rerotator, [([pre] if pre else []) + row for row in rows])
+        cache._composing = False
         if cache._max_positions is not None and cache.composed_length > cache._max_positions:
             raise ContextTooLongError(
                 f"Preamble + packets take {cache.composed_length} positions, more than the model's "
@@ -361,6 +407,12 @@ class PacketCache(DynamicCache):
 
     def _check_packets(self, packets: list[Packet], adapter: PacketAdapter | None, adapter_fps: set[str]) -> None:
         for p in packets:
+            if self._model_dtype is not None and p.dtype != self._model_dtype:
+                raise FingerprintMismatchError(
+                    f"A packet holds {p.dtype} states but the model computes in {self._model_dtype} (was the model "
+                    "cast after encoding?). Re-encode the documents with the model as it is now (a PacketStore does "
+                    "so automatically: its keys follow the model's dtype)."
+                )
             if p.format_version != FORMAT_VERSION:
                 raise FingerprintMismatchError(
                     f"Packet format version {p.format_version} differs from this library's {FORMAT_VERSION}; "
@@ -430,7 +482,6 @@ class PacketCache(DynamicCache):
                 done += len(ids)
         self.composed_length = done
         self.row_lengths = [done]
-        self._prefilled = False  # segment prefills are part of composition, not a generate() call
 
     def _append_packets(self, model: nn.Module, rerotator, packets: list[Packet], start: int) -> None:
         placements, offset = [], start
@@ -461,7 +512,7 @@ class PacketCache(DynamicCache):
         `query` is text (needs `tokenizer=`), token ids, or one of those per row. Queries of different lengths in a
         batch are left-padded; the padding is masked out.
         """
-        if self._prefilled:
+        if self._prefilled or self._appended:
             raise CacheReuseError(
                 "This PacketCache was already used by a generate() call, which grew it in place. Build a fresh one "
                 "with PacketCache.from_packets(...) per call; packets are reused, composition is cheap."
@@ -487,6 +538,7 @@ class PacketCache(DynamicCache):
                 "or the assistant turn header). Dummy tokens would be attended to and change the answer."
             )
         qmax = max(len(q) for q in queries)
+        self._pos_shift = [len(q) - qmax for q in queries]
         if self._max_positions is not None and max(self.row_lengths) + qmax > self._max_positions:
             raise ContextTooLongError(
                 f"Cache ({max(self.row_lengths)}) + query ({qmax}) exceed max_position_embeddings={self._max_positions}."
@@ -519,15 +571,46 @@ class PacketCache(DynamicCache):
         }
 
     # ------------------------------------------------------------------ cache contract
+    def _reused(self) -> CacheReuseError:
+        return CacheReuseError(
+            "A second prefill reached this PacketCache: it was already used by a generate() call, which grew it in "
+            "place (the new tokens' positions restart behind the composed cache instead of continuing). Build a fresh "
+            "PacketCache per call (or pass single_use=False for assisted decoding)."
+        )
+
+    def _before_forward(self, position_ids: torch.Tensor | None, new: int | None) -> None:
+        """Called by the decoder's pre-hook before every forward over this cache (see `_position_guard`)."""
+        if self._composing or not self.row_lengths:
+            return
+        if position_ids is not None and self.single_use and position_ids.numel():
+            last = position_ids.reshape(-1, position_ids.shape[-1])[:, -1].tolist()
+            rep = max(1, len(last) // len(self.row_lengths))
+            for r, pos in enumerate(last):
+                # the last new token of row r must sit right behind everything this row holds so far
+                row = min(r // rep, len(self.row_lengths) - 1)
+                shift = self._pos_shift[row] if self._pos_shift else 0
+                if pos != self.row_lengths[row] + shift + self._appended + (new or 1) - 1:
+                    raise self._reused()
+        if self._max_positions is not None and new:
+            end = max(self.row_lengths) + self._appended + new
+            if end > self._max_positions:
+                message = (f"This generation reaches position {end}, past the model's max_position_embeddings="
+                           f"{self._max_positions} (composed cache {max(self.row_lengths)} + {self._appended + new} new "
+                           "tokens): the model was not trained that far and answers may degrade. Lower max_new_tokens "
+                           "or use fewer documents.")
+                if self.position_overflow == "raise":
+                    raise ContextTooLongError(message)
+                if not self._overflow_warned:
+                    self._overflow_warned = True
+                    logger.warning(message)
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         layer = self.layers[layer_idx] if layer_idx < len(self.layers) else None
-        if layer_idx == 0 and key_states.shape[-2] > 1:
-            if self._prefilled and self.single_use:
-                raise CacheReuseError(
-                    "A second prefill reached this PacketCache: it was already used by a generate() call, which grew "
-                    "it in place. Build a fresh PacketCache per call (or pass single_use=False for assisted decoding)."
-                )
+        if layer_idx == 0 and not self._composing:
+            if self._prefilled and self.single_use and key_states.shape[-2] > 1:
+                raise self._reused()
             self._prefilled = True
+            self._appended += key_states.shape[-2]
         if layer is not None and layer.is_initialized and layer.keys.shape[0] != key_states.shape[0]:
             stored, incoming = layer.keys.shape[0], key_states.shape[0]
             if incoming % stored:

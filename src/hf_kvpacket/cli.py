@@ -46,11 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", default=None)
     p.add_argument("--store", default="packets")
     p.set_defaults(func=_encode)
-    for name, module in (("train", "training.cli"), ("eval", "evaluation.cli"), ("bench", "bench.cli")):
-        try:
-            mod = __import__(f"hf_kvpacket.{module}", fromlist=["add_arguments", "run"])
-        except ImportError:
-            continue
+    from .bench import cli as bench_cli
+    from .evaluation import cli as eval_cli
+    from .training import cli as train_cli
+
+    # Listed explicitly: a subcommand whose module fails to import fails the command loudly, it never vanishes.
+    for name, mod in (("train", train_cli), ("eval", eval_cli), ("bench", bench_cli)):
         p = sub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0] if mod.__doc__ else None)
         mod.add_arguments(p)
         p.set_defaults(func=mod.run)

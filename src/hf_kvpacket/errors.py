@@ -27,6 +27,11 @@ class PacketStoreError(KVPacketError):
     """A store entry is corrupt, truncated or does not match its key."""
 
 
+class AdapterConfigError(KVPacketError, TypeError):
+    """An adapter's `adapter_config.json` or weights are malformed (wrong types, out of range, shapes, NaN/Inf), or it
+    was trained for another base model. Also a `TypeError`, as a malformed config raised before."""
+
+
 class EmptyQueryError(KVPacketError):
     """`PacketCache.inputs_for` needs at least one real query token."""
 
@@ -46,6 +51,7 @@ __all__ = [
     "FingerprintMismatchError",
     "CacheReuseError",
     "PacketStoreError",
+    "AdapterConfigError",
     "EmptyQueryError",
     "ContextTooLongError",
     "OfflineAssetError",

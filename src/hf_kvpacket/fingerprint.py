@@ -16,7 +16,7 @@ import torch
 # Bumped whenever the meaning of stored packet tensors changes.
 FORMAT_VERSION = "1"
 
-_MODEL_FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+_MODEL_FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
 _SAMPLE = 4096
 
 
@@ -30,18 +30,32 @@ def _tensor_digest(h: "hashlib._Hash", name: str, t: torch.Tensor) -> None:
     h.update(repr(float(flat.to(torch.float64).sum())).encode())
 
 
+def _state_signature(model: torch.nn.Module) -> tuple:
+    """Cheap signature of the parameters' storage: moves, dtype casts (`model.to(...)`), replaced tensors and in-place
+    writes through autograd-visible ops (`with torch.no_grad(): p.add_(...)`, `load_state_dict`, optimizer steps)
+    all change it (they bump `Tensor._version` or the data pointer). ~1 µs per parameter."""
+    return tuple((p.data_ptr(), p.dtype, p.device, p._version) for p in model.parameters())
+
+
 def model_fingerprint(model: torch.nn.Module, refresh: bool = False) -> str:
     """Fingerprint of a model's architecture, weights and dtype (cached per model object).
+
+    The cached value is recomputed by itself whenever the parameters' storage signature changes: `model.to(dtype)`,
+    `model.to(device)`, `load_state_dict`, an optimizer step or any in-place op under `torch.no_grad()`.
 
     Parameters
     ----------
     model:
         A transformers model, or a `peft.PeftModel` (adapter weights are part of the fingerprint).
     refresh:
-        Recompute after the weights were changed in place (e.g. after fine-tuning the same object).
+        Force a recomputation. Needed only for writes the signature cannot see: through `param.data` (which has a
+        version counter of its own), from outside PyTorch (memory shared with another process, a memory-mapped file
+        changed on disk), or a config edited in place.
     """
-    if not refresh and model in _MODEL_FINGERPRINTS:
-        return _MODEL_FINGERPRINTS[model]
+    signature = _state_signature(model)
+    cached = _MODEL_FINGERPRINTS.get(model)
+    if not refresh and cached is not None and cached[0] == signature:
+        return cached[1]
     h = hashlib.sha256()
     config = getattr(model, "config", None)
     if config is not None:
@@ -53,7 +67,7 @@ def model_fingerprint(model: torch.nn.Module, refresh: bool = False) -> str:
         for name, p in model.named_parameters():
             _tensor_digest(h, name, p)
     fp = h.hexdigest()[:32]
-    _MODEL_FINGERPRINTS[model] = fp
+    _MODEL_FINGERPRINTS[model] = (signature, fp)
     return fp
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .model_structure import text_config
+
 JOINT = -1
 PAD = -2
 
@@ -36,7 +38,7 @@ def block_attention_mask(
 
 def layer_windows(config) -> dict[str, int | None]:
     """Attention window per layer type (`None` = full attention) from a model config."""
-    config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    config = text_config(config)
     window = getattr(config, "sliding_window", None)
     layer_types = getattr(config, "layer_types", None)
     if layer_types:

@@ -48,10 +48,29 @@ class Packet:
         if len(self.keys) != len(self.values) or not self.keys:
             raise KVPacketError("A packet needs one key and one value tensor per layer.")
         expected = len(self.token_ids) + self.num_header_tokens + self.num_trailer_tokens
-        if self.keys[0].shape[-2] != expected:
-            raise KVPacketError(
-                f"Packet tensors hold {self.keys[0].shape[-2]} slots but header + tokens + trailer = {expected}."
-            )
+        ref = self.keys[0]
+        if ref.dim() != 3:
+            raise KVPacketError(f"Packet layer 0 keys have shape {tuple(ref.shape)}; expected (kv_heads, slots, head_dim).")
+        if not ref.is_floating_point():
+            raise KVPacketError(f"Packet layer 0 keys are {ref.dtype}; packets hold floating-point states.")
+        # Every layer, not just the first: a short layer would be composed from uninitialised memory.
+        for i, (k, v) in enumerate(zip(self.keys, self.values)):
+            for what, t in (("keys", k), ("values", v)):
+                if t.dim() != 3 or t.shape[-2] != expected:
+                    raise KVPacketError(
+                        f"Packet layer {i} {what} have shape {tuple(t.shape)}, but header + tokens + trailer = "
+                        f"{expected} slots: expected (kv_heads, {expected}, head_dim). Re-encode the document."
+                    )
+                if t.shape[0] != ref.shape[0] or t.shape[-1] != ref.shape[-1]:
+                    raise KVPacketError(
+                        f"Packet layer {i} {what} have shape {tuple(t.shape)}, layer 0 keys {tuple(ref.shape)}: every "
+                        "layer must have the same KV heads and head dim. Re-encode the document."
+                    )
+                if t.dtype != ref.dtype or t.device != ref.device:
+                    raise KVPacketError(
+                        f"Packet layer {i} {what} are {t.dtype} on {t.device}, layer 0 keys {ref.dtype} on "
+                        f"{ref.device}: a packet lives in one dtype on one device."
+                    )
 
     @property
     def length(self) -> int:

@@ -21,6 +21,7 @@ from torch import nn
 
 from .compat import cache_kwargs, output_cache
 from .errors import RerotationGateError, UnsupportedModelError
+from .model_structure import decoder_layers, head_dim, text_config
 
 #: RoPE types whose angle is a fixed linear function of the position (so re-rotation by a delta is exact).
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -52,24 +53,8 @@ def _rotary_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if type(m).__name__.endswith("RotaryEmbedding")]
 
 
-def _text_config(model: nn.Module):
-    config = model.config
-    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-
-
-def _head_dim(config) -> int:
-    head_dim = getattr(config, "head_dim", None)
-    return head_dim if head_dim else config.hidden_size // config.num_attention_heads
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder layers (for per-layer devices under `device_map`)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = base.get_decoder() if hasattr(base, "get_decoder") else getattr(base, "model", base)
-    layers = getattr(decoder, "layers", None)
-    if layers is None:
-        raise UnsupportedModelError(f"Cannot find the decoder layers of {type(base).__name__}.")
-    return layers
+_text_config = text_config
+_head_dim = head_dim
 
 
 def read_rope_specs(model: nn.Module) -> list[RopeSpec]:

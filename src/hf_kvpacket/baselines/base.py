@@ -40,6 +40,7 @@ from ..compat import cache_kwargs
 from ..errors import KVPacketError
 from ..packet import Packet, encode_packets, encode_preamble
 from ..prompt import PromptTemplate
+from ..model_structure import decoder
 from ..rope import get_rerotator
 from .flops import FlopCounter, ModelDims
 
@@ -469,11 +470,7 @@ def slot_mask(slots: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Ten
     return mask.masked_fill_(~allowed[None, None], torch.finfo(dtype).min)
 
 
-def _decoder(model: nn.Module) -> nn.Module:
-    """The base decoder (no LM head): the recompute forwards need K/V, not logits."""
-    get = getattr(model, "get_decoder", None)
-    dec = get() if callable(get) else None
-    return dec if dec is not None else model
+_decoder = decoder  # the base decoder (no LM head): the recompute forwards need K/V, not logits
 
 
 @dataclass

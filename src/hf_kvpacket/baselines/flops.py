@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..rope import decoder_layers
+from ..model_structure import decoder_layers, text_config
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class ModelDims:
 
     @classmethod
     def from_model(cls, model: nn.Module) -> ModelDims:
-        config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+        config = text_config(model)
         layers = decoder_layers(model)
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads

@@ -255,12 +255,9 @@ def system_info(device: torch.device) -> dict[str, Any]:
         "memory_gib": _mem_total_gib(),
         "device": str(device),
     }
-    try:
-        import hf_kvpacket
+    from ..version import __version__
 
-        info["hf_kvpacket"] = hf_kvpacket.__version__
-    except Exception:  # pragma: no cover
-        pass
+    info["hf_kvpacket"] = __version__
     mem = f", {info['memory_gib']:.0f} GiB RAM" if info["memory_gib"] else ""
     cpu_line = f"{info['cpu']} ({info['logical_cpus']} logical cores, {info['torch_threads']} torch threads{mem})"
     if device.type == "cuda":

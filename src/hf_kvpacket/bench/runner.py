@@ -45,6 +45,7 @@ from ..adapter import PacketAdapter
 from ..cache import PacketCache
 from ..compat import cache_kwargs
 from ..packet import Packet, encode_packets, encode_preamble
+from ..model_structure import text_config
 from ..rope import get_rerotator
 from ..store import PacketStore, save_packet
 from .measure import Clock, LoadMonitor, PeakMemory, disk_read_bandwidth, drop_page_cache, summarize, system_info
@@ -154,9 +155,7 @@ def load_model(name: str, cfg: BenchConfig, device: torch.device) -> tuple[nn.Mo
     return model, tok, name
 
 
-def _text_config(model: nn.Module):
-    c = model.config
-    return c.get_text_config(decoder=True) if hasattr(c, "get_text_config") else c
+_text_config = text_config
 
 
 @dataclass

@@ -33,7 +33,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--query-weight", type=float, default=0.0,
                    help="also distil the teacher's predictions inside the query, each position with this weight "
                         "(answer positions weigh 1; the validation KL stays answer-only). 0: answer only")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                   help="student (training) dtype; auto: the faster one on this machine, measured (hardware.py)")
+    p.add_argument("--teacher-dtype", default="float32", choices=["auto", "bfloat16", "float32"],
+                   help="dtype of the teacher's answers (computed once); float32 so the adapter learns the answers "
+                        "evaluation measures (bf16 changes them on some CPUs)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (e.g. 1 to leave the other core free); default: torch's own choice")
     p.add_argument("--eval-steps", type=int, default=25)
     p.add_argument("--max-steps", type=int, default=-1)
     p.add_argument("--resume", action="store_true", help="resume from the last checkpoint in the work dir")
@@ -47,10 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.export_only:
         export_best(args.work_dir or args.output.rstrip("/") + ".work", args.output, task=args.task)
         return 0
-    train_adapter(**{k: v for k, v in vars(args).items() if k not in ("func", "command", "export_only")})
+    train_adapter(**{k: v for k, v in vars(args).items() if k not in ("func", "command", "export_only", "threads")})
     return 0
 
 
@@ -147,10 +155,10 @@ def load_teacher_dataset(path: str):
 def train_adapter(model: str, task: str, output: str, work_dir: str | None = None, num_train: int = 512,
                   num_val: int = 64, seed: int = 42, epochs: float = 30, lr: float = 5e-4, batch_size: int = 4,
                   grad_accum: int = 4, max_context_tokens: int = 768, max_new_tokens: int = 24, header: int = 8,
-                  trailer: int = 8, loss: str = "kl", dtype: str = "bfloat16", eval_steps: int = 25,
+                  trailer: int = 8, loss: str = "kl", dtype: str = "auto", eval_steps: int = 25,
                   max_steps: int = -1, resume: bool = False, no_progress: bool = False,
                   init_from: str | None = None, teacher_from: str | None = None, query_weight: float = 0.0,
-                  model_and_tokenizer: tuple[Any, Any] | None = None) -> dict[str, Any]:
+                  teacher_dtype: str = "float32", model_and_tokenizer: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """Teacher answers (cached) -> distillation with a linear-decay schedule -> best adapter (lowest held-out KL).
 
     `init_from` warm-starts from an existing adapter (same model and slot counts); `teacher_from` reuses the teacher
@@ -167,9 +175,12 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
 
     work_dir = work_dir or output.rstrip("/") + ".work"
     os.makedirs(work_dir, exist_ok=True)
-    torch_dtype = getattr(torch, dtype)
+    from ..hardware import resolve_dtype
+
+    torch_dtype, teacher_torch_dtype = resolve_dtype(dtype), resolve_dtype(teacher_dtype)
+    dtype = str(torch_dtype).removeprefix("torch.")  # recorded in the card as what ran, not "auto"
     if model_and_tokenizer is None:
-        base, tok = load_model_and_tokenizer(model, dtype=torch_dtype)
+        base, tok = load_model_and_tokenizer(model, dtype=teacher_torch_dtype)
     else:
         base, tok = model_and_tokenizer
     torch.manual_seed(seed)
@@ -191,6 +202,8 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
                              query_targets=query_weight > 0)
         teacher = build_teacher_dataset(base, tok, rows, os.path.join(work_dir, "teacher"), tcfg,
                                         progress=not no_progress)
+    if model_and_tokenizer is None:
+        base = base.to(torch_dtype)  # teacher rows are stored; the student trains in the faster dtype
     teacher = teacher.filter(lambda r: len(r["teacher_ids"]) > 0)
     val = teacher.select(range(min(num_val, len(teacher))))
     train = teacher.select(range(len(val), len(teacher)))

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..adapter import PacketAdapter
 from ..masks import model_attention_mask, positions_from_blocks
+from ..model_structure import base_model, decoder
 
 
 def distillation_loss(
@@ -72,8 +73,8 @@ class PacketDistillationModel(nn.Module):
 
     def _answer_logits(self, embeds: torch.Tensor, attention_mask: Any, position_ids: torch.Tensor,
                        label_positions: torch.Tensor) -> torch.Tensor:
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        hidden = base.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+        base = base_model(self.model)
+        hidden = decoder(base)(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                     use_cache=False).last_hidden_state
         idx = label_positions.clamp_min(0)
         picked = hidden.gather(1, idx.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))

@@ -1,4 +1,5 @@
-"""Adapter artifacts: exact save/load, fingerprints, model cards, and push_to_hub through a mocked HTTP layer."""
+"""PacketAdapter and KVPacketConfig (adapter.py, config.py): exact save/load, validation of every loaded config and
+weight, base-model checks, fingerprints, model cards, and push_to_hub through a mocked HTTP layer."""
 
 import base64
 import os
@@ -154,3 +155,103 @@ def test_shipped_adapter_cards_match_their_evaluation(folder):
         assert json.load(f) == expected
     in_card = {r["dataset"]["name"]: {m["type"]: m["value"] for m in r["metrics"]} for r in meta["model-index"][0]["results"]}
     assert in_card == {t: {k: pytest.approx(v) for k, v in m.items()} for t, m in expected.items()}
+
+
+def _saved(tmp_path, model=None):
+    adapter = PacketAdapter.for_model(model or build("llama"), 2, 3)
+    adapter.save_pretrained(tmp_path, model_card=False)
+    return adapter
+
+
+@pytest.mark.parametrize("edit, words", [
+    ({"num_header_tokens": 1e9}, "num_header_tokens must be an integer"),
+    ({"num_header_tokens": 10**9}, "num_header_tokens must be an integer in 0..4096"),
+    ({"hidden_size": "64"}, "hidden_size must be an integer"),
+    ({"num_trailer_tokens": True}, "num_trailer_tokens"),
+    ({"torch_dtype": "int8"}, "torch_dtype"),
+    ({"init_std": "wide"}, "init_std"),
+    ({"task": 3}, "task must be a string"),
+])
+def test_malformed_config_is_refused_naming_the_file(tmp_path, edit, words):
+    from hf_kvpacket import AdapterConfigError
+
+    _saved(tmp_path)
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**cfg, **edit}))
+    with pytest.raises(AdapterConfigError, match=f"adapter_config.json: {words}"):
+        PacketAdapter.from_pretrained(tmp_path)
+
+
+def test_config_that_is_not_json_is_refused(tmp_path):
+    from hf_kvpacket import AdapterConfigError
+
+    _saved(tmp_path)
+    (tmp_path / "adapter_config.json").write_text('{"hidden_size": 64,')
+    with pytest.raises(AdapterConfigError, match="adapter_config.json: not valid JSON"):
+        PacketAdapter.from_pretrained(tmp_path)
+    (tmp_path / "adapter_config.json").write_text("[1, 2]")
+    with pytest.raises(AdapterConfigError, match="JSON object"):
+        PacketAdapter.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(tmp_path, value):
+    from safetensors.torch import save_file
+
+    from hf_kvpacket import AdapterConfigError
+
+    adapter = _saved(tmp_path)
+    header = adapter.header.detach().clone()
+    header[1, 3] = value
+    save_file({"header": header, "trailer": adapter.trailer.detach()}, str(tmp_path / "adapter_model.safetensors"))
+    with pytest.raises(AdapterConfigError, match="'header' holds 1 NaN/Inf"):
+        PacketAdapter.from_pretrained(tmp_path)
+
+
+def test_weights_must_match_the_config(tmp_path):
+    from safetensors.torch import save_file
+
+    from hf_kvpacket import AdapterConfigError
+
+    adapter = _saved(tmp_path)
+    save_file({"header": adapter.header.detach()[:1], "trailer": adapter.trailer.detach()},
+              str(tmp_path / "adapter_model.safetensors"))
+    with pytest.raises(AdapterConfigError, match="'header' has shape"):
+        PacketAdapter.from_pretrained(tmp_path)
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(AdapterConfigError, match="unreadable weights"):
+        PacketAdapter.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("path", ["./no-such-adapter", "/nonexistent/adapter", "tests/no-such-adapter", "a/b/c"])
+def test_mistyped_local_path_says_no_such_folder(path, monkeypatch):
+    import huggingface_hub
+
+    from hf_kvpacket import AdapterConfigError
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("went to the Hub"))
+    with pytest.raises(AdapterConfigError, match="No such local folder"):
+        PacketAdapter.from_pretrained(path)
+
+
+def test_adapter_of_another_base_model_with_the_same_hidden_size(tmp_path, caplog):
+    import transformers as tf
+
+    from hf_kvpacket import AdapterConfigError
+    from tiny_models import COMMON
+
+    _saved(tmp_path)
+    other = tf.LlamaForCausalLM(tf.LlamaConfig(**{**COMMON, "num_hidden_layers": 3})).eval()  # same hidden size
+    adapter = PacketAdapter.from_pretrained(tmp_path)
+    adapter.check_model(build("llama"))  # its own base: fine
+    with pytest.raises(AdapterConfigError, match=r"num_hidden_layers \(2 vs 3\).*allow_other_base_model"):
+        adapter.check_model(other)
+    lenient = PacketAdapter.from_pretrained(tmp_path, allow_other_base_model=True)
+    lenient.check_model(other)
+    assert "using it anyway" in caplog.text
+
+
+def test_shipped_adapters_name_their_base_architecture():
+    for folder in _shipped_adapters():
+        cfg = KVPacketConfig.from_pretrained(folder)
+        assert cfg.base_model_architecture and cfg.base_model_architecture["hidden_size"] == cfg.hidden_size
