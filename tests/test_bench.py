@@ -106,14 +106,14 @@ def _layers(cache):
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_direct_and_staged_composition_are_bit_identical(arch, dtype, monkeypatch):
     """CPU writes rotated keys straight from the packets; accelerators stage then rotate in place: same bits."""
-    import hf_kvpacket.cache as cache_mod
+    import hf_kvpacket.compose as compose_mod
 
     model = build(arch, dtype)
     packets = encode_packets(model, DOCS, PacketAdapter.for_model(model, 2, 1).to(dtype), progress=False)
     layouts = [packets, [[packets[0], packets[2]], [packets[1]], packets]]
     got = {}
     for direct in (True, False):
-        monkeypatch.setattr(cache_mod._CompositionPlan, "direct_on_cpu", direct)
+        monkeypatch.setattr(compose_mod.CompositionPlan, "direct_on_cpu", direct)
         got[direct] = [_layers(PacketCache.from_packets(rows, model=model, preamble=PREAMBLE)) for rows in layouts]
     for a, b in zip(got[True], got[False]):
         for (ka, va), (kb, vb) in zip(a, b):
@@ -142,7 +142,9 @@ def test_reserved_slots_append_in_place_and_decode_like_a_dynamic_cache():
     model = build("llama", torch.float32)
     packets = encode_packets(model, DOCS, None, progress=False)
     cache = PacketCache.from_packets(packets, model=model, preamble=PREAMBLE)
-    assert all(type(layer) is DynamicLayer for layer in cache.layers)  # other code checks the exact type
+    from hf_kvpacket.compose import ComposedLayer
+
+    assert all(type(layer) is ComposedLayer and isinstance(layer, DynamicLayer) for layer in cache.layers)
     plain = _dynamic_copy(cache, model.config)
     n = cache.composed_length
     ptr = cache.layers[0].keys.data_ptr()
@@ -155,7 +157,7 @@ def test_reserved_slots_append_in_place_and_decode_like_a_dynamic_cache():
     layer = cache.layers[0]
     assert layer.keys.shape[-2] == n + len(QUERY) + 99 == plain.layers[0].keys.shape[-2]
     assert torch.equal(layer.keys, plain.layers[0].keys)
-    assert "update" in layer.__dict__  # still appending in place (grew past the reserve once)
+    assert layer.owns_views  # still appending in place (grew past the reserve once)
     assert layer.keys.data_ptr() != ptr  # ... after growing its buffer
 
 
@@ -172,7 +174,7 @@ def test_in_place_append_falls_back_after_crop_and_reorder():
     for i in range(len(cache.layers)):
         cache.layers[i].update(k, k)
     assert torch.equal(before, snapshot)
-    assert "update" not in cache.layers[0].__dict__  # plain DynamicLayer.update from now on
+    assert not cache.layers[0].owns_views  # plain DynamicLayer.update from now on
     cache.reorder_cache(torch.tensor([0]))
     cache.layers[0].update(k, k)
     assert cache.layers[0].keys.shape[-2] == snapshot.shape[-2]

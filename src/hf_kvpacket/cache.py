@@ -21,7 +21,6 @@ from typing import Any, Sequence, Union
 import torch
 from torch import nn
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from .adapter import NO_ADAPTER, PacketAdapter, adapter_fingerprint
 from .compat import cache_kwargs
@@ -34,12 +33,15 @@ from .errors import (
 )
 from .fingerprint import FORMAT_VERSION, model_fingerprint
 from .packet import Packet, encode_preamble
+from .compose import CompositionPlan, append_packets, compose_rows
 from .model_structure import decoder
-from .rope import decoder_layers, get_rerotator, rotation_tables
+from .rope import get_rerotator
 
 Item = Union[Packet, str]
 logger = logging.getLogger(__name__)
 POSITION_OVERFLOW = ("warn", "raise")
+
+_CompositionPlan = CompositionPlan  # the name tests and benchmarks used before compose.py
 
 #: Decoders that carry the position guard (one forward pre-hook per decoder, a no-op for caches other than ours).
 _GUARDED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
@@ -64,222 +66,6 @@ def _guard_positions(model: nn.Module) -> None:
     if dec not in _GUARDED:
         dec.register_forward_pre_hook(_position_guard, with_kwargs=True)
         _GUARDED.add(dec)
-
-
-def _layer_devices(model: nn.Module) -> list[torch.device]:
-    devices = []
-    for layer in decoder_layers(model):
-        p = next(layer.parameters(), None)
-        devices.append(p.device if p is not None else model.get_input_embeddings().weight.device)
-    return devices
-
-
-#: Free slots reserved behind the composed states of every full-attention layer: the query prefill and the first
-#: decoding steps append there in place instead of concatenating (a `DynamicLayer` copies the whole layer on every
-#: append). Beyond it the layer grows by `max(_RESERVE_SLOTS, length // 8)` slots at a time.
-_RESERVE_SLOTS = 64
-
-
-class _AppendInPlace:
-    """`update` of one composed `DynamicLayer`, installed on the instance (the layer stays a `DynamicLayer`).
-
-    The layer's `keys`/`values` are views of the first `length` slots of larger buffers; an append writes the new
-    states behind them and widens the views, so neither the query prefill nor a decoding step copies the cache (a
-    plain `DynamicLayer` concatenates, i.e. copies every layer, on every call). The buffers grow by a chunk when full.
-    If anything else replaced or cropped the layer's tensors (beam reordering, batch repetition, crop, offloading), the
-    layer goes back to plain `DynamicLayer.update` for good: earlier views are never written over.
-    """
-
-    def __init__(self, layer: DynamicLayer, key_buf: torch.Tensor, value_buf: torch.Tensor, length: int):
-        self.layer, self.key_buf, self.value_buf, self.length = layer, key_buf, value_buf, length
-
-    def _still_ours(self, key_states: torch.Tensor) -> bool:
-        k, v = self.layer.keys, self.layer.values
-        return (
-            k is not None and v is not None
-            and k.data_ptr() == self.key_buf.data_ptr() and v.data_ptr() == self.value_buf.data_ptr()
-            and k.shape[-2] == self.length and v.shape[-2] == self.length
-            and k.shape[0] == self.key_buf.shape[0] and key_states.shape[0] == k.shape[0]
-            and key_states.dtype == k.dtype and key_states.device == k.device
-        )
-
-    def __call__(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        layer = self.layer
-        if not self._still_ours(key_states):
-            layer.__dict__.pop("update", None)
-            return DynamicLayer.update(layer, key_states, value_states, *args, **kwargs)
-        n, new = self.length, key_states.shape[-2]
-        if n + new > self.key_buf.shape[-2]:
-            grown = n + new + max(_RESERVE_SLOTS, n // 8)
-            for name in ("key_buf", "value_buf"):
-                old = getattr(self, name)
-                buf = old.new_empty(old.shape[:2] + (grown,) + old.shape[3:])
-                buf[:, :, :n].copy_(old[:, :, :n])
-                setattr(self, name, buf)
-        self.key_buf[:, :, n : n + new].copy_(key_states)
-        self.value_buf[:, :, n : n + new].copy_(value_states)
-        self.length = n + new
-        layer.keys = self.key_buf[:, :, : self.length]
-        layer.values = self.value_buf[:, :, : self.length]
-        return layer.keys, layer.values
-
-
-def _fill_layer(layer: Any, keys: torch.Tensor, values: torch.Tensor, length: int | None = None) -> None:
-    """Put composed states into an empty cache layer without a second copy (what `update` would store).
-
-    Sliding-window layers get the last `sliding_window - 1` slots (the composition computes only those). For a full
-    layer, `keys`/`values` may be longer than `length` (free slots reserved behind the composed states): the layer
-    then appends in place (`_AppendInPlace`).
-    """
-    if isinstance(layer, DynamicSlidingWindowLayer):
-        length = keys.shape[-2] if length is None else length
-        layer.lazy_initialization(keys, values)
-        layer.cumulative_length = length
-        layer.keys = keys[:, :, -layer.sliding_window + 1 :, :]
-        layer.values = values[:, :, -layer.sliding_window + 1 :, :]
-    elif type(layer) is DynamicLayer:
-        layer.lazy_initialization(keys, values)
-        if length is None or length == keys.shape[-2]:
-            layer.keys, layer.values = keys, values
-        else:
-            layer.keys, layer.values = keys[:, :, :length], values[:, :, :length]
-            layer.update = _AppendInPlace(layer, keys, values, length)
-    else:
-        raise KVPacketError(
-            f"PacketCache cannot fill cache layers of type {type(layer).__name__}; only dynamic full and "
-            "sliding-window layers are supported."
-        )
-
-
-def _rotate_into(out: torch.Tensor, keys: torch.Tensor, cos: torch.Tensor, sin_lo: torch.Tensor,
-                 sin_hi: torch.Tensor) -> None:
-    """`rope.rotate_keys_into` with the sin halves pre-split (fewer per-call views: this runs per packet per layer)."""
-    rot = cos.shape[-1]
-    half = rot // 2
-    if rot == keys.shape[-1]:
-        torch.mul(keys, cos, out=out)
-    else:
-        torch.mul(keys[..., :rot], cos, out=out[..., :rot])
-        out[..., rot:].copy_(keys[..., rot:])
-    out[..., :half].addcmul_(keys[..., half:rot], sin_lo, value=-1)
-    out[..., half:rot].addcmul_(keys[..., :half], sin_hi)
-
-
-def _layer_shape(layer: Any) -> tuple[int | None, int]:
-    """(slots to compose counted from the end, free slots to reserve) for a cache layer."""
-    if isinstance(layer, DynamicSlidingWindowLayer):
-        return layer.sliding_window - 1, 0
-    return None, _RESERVE_SLOTS
-
-
-class _CompositionPlan:
-    """Where every packet goes, and the rotation tables, for composing one cache layer by layer.
-
-    Each layer is composed in ONE pass over the packets into a preallocated `(batch, kv_heads, slots, head_dim)`
-    buffer pair: no concatenation followed by a copy, no clone of the rotated half, no dtype round trip. Peak memory is
-    the final cache plus the (tiny) cos/sin tables. A sliding-window layer only gets (and only computes) the slots its
-    window keeps; a full layer gets `_RESERVE_SLOTS` free slots behind the composed ones.
-
-    * CPU destination and sources (memory-bound, per-op overhead is small): every packet's keys are rotated straight
-      from the packet into their slots (`rope.rotate_keys_into`: 3 passes that stay in cache, one cos/sin vector per packet
-      since a packet moves by one delta), values are copied (one `torch.cat(..., out=)` per layer for a single row).
-    * Accelerators (kernel launches dominate, bandwidth is plentiful): packets are copied into the buffer (non-blocking
-      from pinned host memory; one `cat` kernel when they already live on the device), then the whole layer is rotated
-      in place once with per-slot tables computed once per call.
-    """
-
-    #: Write rotated keys straight from the packets on CPU (False: always stage, then rotate in place; for tests).
-    direct_on_cpu = True
-
-    def __init__(self, rerotator, placements: list, batch: int, width: int, pads: list[int]):
-        self.rerotator = rerotator
-        self.placements = placements  # (row, first slot, rotation delta, packet)
-        self.batch, self.width, self.pads = batch, width, pads
-        ref = placements[0][3].keys[0]
-        self.num_layers = placements[0][3].num_layers
-        self.kv_heads, self.head_dim, self.dtype = ref.shape[0], ref.shape[-1], ref.dtype
-        self.offsets = torch.tensor([offset for _, _, offset, _ in placements], dtype=torch.long)
-        self._tables: dict = {}
-
-    def _packet_tables(self, layer_idx: int, device: torch.device) -> list[tuple[torch.Tensor, ...]]:
-        """Per placement: full-width cos `(rotary_dim,)` and the two halves of sin, for `_rotate_into`; computed once
-        per call in float64 and shared by the layers with equal frequencies."""
-        spec = self.rerotator.specs[layer_idx]
-        key = ("packets", id(spec.inv_freq), device)
-        if key not in self._tables:
-            cos, sin = rotation_tables(self.offsets, spec.inv_freq, self.dtype, device, full=True)
-            half = cos.shape[-1] // 2
-            self._tables[key] = [(c, sn[:half], sn[half:]) for c, sn in zip(cos, sin)]
-        return self._tables[key]
-
-    def _slot_deltas(self, start: int) -> torch.Tensor:
-        key = ("slot_deltas", start)
-        if key not in self._tables:
-            deltas = torch.zeros(self.batch, self.width, dtype=torch.long)
-            for (r, slot, offset, p) in self.placements:
-                deltas[r, slot : slot + p.length] = offset
-            deltas = deltas[:, start:]
-            self._tables[key] = deltas[0] if self.batch == 1 else deltas
-        return self._tables[key]
-
-    def _parts(self, start: int) -> list[tuple]:
-        """`(placement, row, first destination slot, first source slot, slots, delta, packet)` of what is kept when
-        the layer keeps the composed slots from `start` on (0 for full layers)."""
-        key = ("parts", start)
-        if key not in self._tables:
-            parts = []
-            for j, (r, slot, offset, p) in enumerate(self.placements):
-                a = max(0, start - slot)
-                if a < p.length:
-                    parts.append((j, r, slot + a - start, a, p.length - a, offset, p))
-            self._tables[key] = parts
-        return self._tables[key]
-
-    def layer(self, layer_idx: int, device: torch.device, keep: int | None = None, reserve: int = 0):
-        """Keys and values of one layer: the last `keep` composed slots (default all), then `reserve` free slots."""
-        keep = self.width if keep is None or keep <= 0 else min(keep, self.width)
-        start = self.width - keep
-        shape = (self.batch, self.kv_heads, keep + reserve, self.head_dim)
-        keys = torch.empty(shape, dtype=self.dtype, device=device)
-        values = torch.empty(shape, dtype=self.dtype, device=device)
-        for r, pad in enumerate(self.pads):
-            if pad > start:  # left padding is masked out, but must hold finite numbers (0 * NaN poisons the softmax)
-                keys[r, :, : pad - start].zero_()
-                values[r, :, : pad - start].zero_()
-        parts = self._parts(start)
-        non_blocking = device.type != "cpu"  # host-to-device from pinned memory overlaps; never async into host memory
-        # one row filled from slot 0 by whole packets already on `device`: one `cat` kernel per tensor
-        single = self.batch == 1 and self.pads == [0] and start == 0 and all(
-            p.keys[layer_idx].device == device and p.values[layer_idx].device == device for *_, p in parts)
-        direct = self.direct_on_cpu and device.type == "cpu" and all(
-            p.keys[layer_idx].device.type == "cpu" for *_, p in parts)
-
-        def src(kind: str, a: int, n: int, p: Packet) -> torch.Tensor:
-            t = getattr(p, kind)[layer_idx]
-            return t if a == 0 and n == t.shape[-2] else t[:, a : a + n]
-
-        if single:
-            torch.cat([p.values[layer_idx] for *_, p in parts], dim=-2, out=values[0, :, :keep])
-        else:
-            for (_, r, d, a, n, _, p) in parts:
-                values[r, :, d : d + n].copy_(src("values", a, n, p), non_blocking=non_blocking)
-        if direct:
-            tables = self._packet_tables(layer_idx, device)
-            for (j, r, d, a, n, offset, p) in parts:
-                if offset == 0:
-                    keys[r, :, d : d + n].copy_(src("keys", a, n, p))
-                else:
-                    _rotate_into(keys[r, :, d : d + n], src("keys", a, n, p), *tables[j])
-            return keys, values
-        if single:
-            torch.cat([p.keys[layer_idx] for *_, p in parts], dim=-2, out=keys[0, :, :keep])
-        else:
-            for (_, r, d, a, n, _, p) in parts:
-                keys[r, :, d : d + n].copy_(src("keys", a, n, p), non_blocking=non_blocking)
-        # per-slot tables once per call and per kept width (memoised across layers by the rerotator)
-        memo = self._tables.setdefault(("rotate", start), {})
-        self.rerotator.rotate_(keys[:, :, :keep], self._slot_deltas(start), layer_idx, memo)
-        return keys, values
 
 
 class PacketCache(DynamicCache):
@@ -436,27 +222,8 @@ class PacketCache(DynamicCache):
             )
 
     def _compose_rows(self, model: nn.Module, rerotator, rows: list[list[Packet]]) -> None:
-        """All rows, all packets: one preallocated buffer per layer, written once (see `_compose_layer`)."""
-        lengths = [sum(p.length for p in row) for row in rows]
-        width = max(lengths)
-        if width == 0:
-            raise KVPacketError("Nothing to compose: give a preamble or at least one packet.")
-        placements = []  # (row, first slot, rotation delta = offset in the row, packet)
-        for r, row in enumerate(rows):
-            offset, slot = 0, width - lengths[r]
-            for p in row:
-                placements.append((r, slot, offset, p))
-                offset += p.length
-                slot += p.length
-        plan = _CompositionPlan(rerotator, placements, len(rows), width, [width - n for n in lengths])
-        devices = _layer_devices(model)
-        for layer_idx in range(plan.num_layers):
-            layer = self.layers[layer_idx]
-            keep, reserve = _layer_shape(layer)
-            keys, values = plan.layer(layer_idx, devices[layer_idx], keep=keep, reserve=reserve)
-            _fill_layer(layer, keys, values, length=width)
-        self.composed_length = width
-        self.row_lengths = lengths
+        self.row_lengths = compose_rows(self.layers, model, rerotator, rows)
+        self.composed_length = max(self.row_lengths)
 
     def _compose_with_segments(self, model: nn.Module, rerotator, pre: Packet | None, row: list[Item]) -> None:
         """Single row with text segments: packets are stitched, each segment is prefilled in place on top."""
@@ -467,7 +234,7 @@ class PacketCache(DynamicCache):
                 tmp_rows.append(item)
                 continue
             if tmp_rows:
-                self._append_packets(model, rerotator, tmp_rows, start=done)
+                append_packets(self.layers, model, rerotator, tmp_rows, start=done)
                 done += sum(p.length for p in tmp_rows)
                 tmp_rows = []
             if isinstance(item, str):
@@ -482,24 +249,6 @@ class PacketCache(DynamicCache):
                 done += len(ids)
         self.composed_length = done
         self.row_lengths = [done]
-
-    def _append_packets(self, model: nn.Module, rerotator, packets: list[Packet], start: int) -> None:
-        placements, offset = [], start
-        for p in packets:
-            placements.append((0, offset - start, offset, p))
-            offset += p.length
-        plan = _CompositionPlan(rerotator, placements, 1, offset - start, [0])
-        devices = _layer_devices(model)
-        for layer_idx in range(plan.num_layers):
-            layer = self.layers[layer_idx]
-            if layer.is_initialized and layer.get_seq_length() > 0:
-                # every slot (a sliding layer counts them), appended in place into reserved slots where there are some
-                keys, values = plan.layer(layer_idx, devices[layer_idx])
-                layer.update(keys, values)
-            else:
-                keep, reserve = _layer_shape(layer)
-                keys, values = plan.layer(layer_idx, devices[layer_idx], keep=keep, reserve=reserve)
-                _fill_layer(layer, keys, values, length=plan.width)
 
     # ------------------------------------------------------------------ generate() hand-over
     def inputs_for(

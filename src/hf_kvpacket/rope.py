@@ -144,25 +144,28 @@ def rotate_keys_(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> to
     return keys
 
 
-def rotate_keys_into(out: torch.Tensor, keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotate_keys_into(out: torch.Tensor, keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                     sin_hi: torch.Tensor | None = None) -> torch.Tensor:
     """Write `keys` rotated by `cos`/`sin` into `out` (same shape; a view into a larger buffer is fine).
 
     `cos`/`sin` are *full-width* tables (`rotation_tables(..., full=True)`: last dimension `rotary_dim`, both halves
     equal) broadcastable to `keys[..., :rotary_dim]`, e.g. shape `(rotary_dim,)` for one packet moved by one delta.
-    Three passes, no temporaries, no dtype conversion: `out = keys * cos`, then each half adds the other half times
-    `sin` (`-x2 sin` to the first, `+x1 sin` to the second). The result is bit-identical to `rotate_keys_` on a copy.
-    Dimensions past `rotary_dim` (partial rotary) are copied unchanged.
+    With `sin_hi` given, `sin` and `sin_hi` are the two halves of the sin table, split once by the caller (composition
+    runs this per packet per layer, where the per-call views add up). Three passes, no temporaries, no dtype
+    conversion: `out = keys * cos`, then each half adds the other half times `sin` (`-x2 sin` to the first, `+x1 sin`
+    to the second). The result is bit-identical to `rotate_keys_` on a copy. Dimensions past `rotary_dim` (partial
+    rotary) are copied unchanged. This is the rotation kernel of composition (`compose.py`).
     """
     rot = cos.shape[-1]
     half = rot // 2
-    head_dim = keys.shape[-1]
-    if rot == head_dim:
+    sin_lo, sin_hi = (sin[..., :half], sin[..., half:]) if sin_hi is None else (sin, sin_hi)
+    if rot == keys.shape[-1]:
         torch.mul(keys, cos, out=out)
     else:
         torch.mul(keys[..., :rot], cos, out=out[..., :rot])
         out[..., rot:].copy_(keys[..., rot:])
-    out[..., :half].addcmul_(keys[..., half:rot], sin[..., :half], value=-1)
-    out[..., half:rot].addcmul_(keys[..., :half], sin[..., half:])
+    out[..., :half].addcmul_(keys[..., half:rot], sin_lo, value=-1)
+    out[..., half:rot].addcmul_(keys[..., :half], sin_hi)
     return out
 
 

@@ -315,6 +315,16 @@ class PacketStore:
     def memory_bytes(self) -> int:
         return self._lru_bytes
 
+    @property
+    def num_in_memory(self) -> int:
+        """Packets held in memory now."""
+        return len(self._lru)
+
+    def in_memory(self, document: str | Sequence[int]) -> bool:
+        """Whether the document's packet is in memory (a `get_many` of it neither reads a file nor encodes)."""
+        ids = self.tokenize(document) if isinstance(document, str) else document
+        return self.key(ids) in self._lru
+
     def _remember(self, key: str, packet: Packet, call: StoreStats) -> None:
         if self.max_memory_bytes <= 0:
             return

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
@@ -32,16 +31,17 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 from transformers import Cache, LogitsProcessor, LogitsProcessorList
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from ..adapter import PacketAdapter, adapter_fingerprint
 from ..cache import PacketCache
 from ..compat import cache_kwargs
 from ..errors import KVPacketError
-from ..packet import Packet, encode_packets, encode_preamble
+from ..packet import Packet, encode_preamble
 from ..prompt import PromptTemplate
 from ..model_structure import decoder
 from ..rope import get_rerotator
+from ..store import PacketStore
 from .flops import FlopCounter, ModelDims
 
 
@@ -147,10 +147,11 @@ class Prefill:
 
 # ---------------------------------------------------------------------------------------------------------- context
 class MethodContext:
-    """Model, tokenizer, prompt template, optional adapter and the resident packets every method draws from.
+    """Model, tokenizer, prompt template, optional adapter and the packet stores every method draws from.
 
-    Packets are encoded on first need (outside any timing) and kept in memory, like a warm
-    :class:`~hf_kvpacket.PacketStore`; a method's timed prefill only looks them up.
+    Packets come from :class:`~hf_kvpacket.PacketStore` (one per adapter), exactly as a user's ``generate()`` gets
+    them: encoded on first need (outside any timing), then served from the store's memory. Give `store_dir` to keep
+    them on disk between runs (and to measure loads from disk); the default is a memory-only store.
 
     Parameters
     ----------
@@ -162,8 +163,12 @@ class MethodContext:
         The trained header/trailer adapter used by :class:`~hf_kvpacket.baselines.KVPacket` (optional).
     system_prompt:
         Only used when `template` is not given.
+    store_dir:
+        Folder of the packet stores (one store per adapter shares it: keys include the adapter); `None`: memory only.
+    max_memory_bytes:
+        In-memory budget of each store (least recently used packets are dropped first).
     max_resident_packets:
-        Packets kept in memory (least recently used are dropped first).
+        Deprecated (the stores bound memory in bytes); accepted and ignored.
 
     Examples
     --------
@@ -178,7 +183,9 @@ class MethodContext:
         template: PromptTemplate | None = None,
         adapter: PacketAdapter | None = None,
         system_prompt: str | None = None,
-        max_resident_packets: int = 512,
+        max_resident_packets: int | None = None,
+        store_dir: str | None = None,
+        max_memory_bytes: int = 2 * 2**30,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -186,12 +193,20 @@ class MethodContext:
         self.adapter = adapter
         if adapter is not None:
             adapter.check_model(model)
-        self.max_resident_packets = max_resident_packets
+        self.store_dir, self.max_memory_bytes = store_dir, max_memory_bytes
         self.dims = ModelDims.from_model(model)
         self.device = model.get_input_embeddings().weight.device
         get_rerotator(model)  # the one-time exactness gate runs here, never inside a timed prefill
-        self._packets: OrderedDict[tuple[str, tuple[int, ...]], Packet] = OrderedDict()
+        self._stores: dict[str, PacketStore] = {}
         self._preambles: dict[tuple[int, ...], Packet] = {}
+
+    def store_for(self, adapter: PacketAdapter | None) -> PacketStore:
+        """The packet store of `adapter` (`None`: plain packets), created on first use."""
+        fp = adapter_fingerprint(adapter)
+        if fp not in self._stores:
+            self._stores[fp] = PacketStore(self.store_dir, self.model, self.tokenizer, adapter,
+                                           max_memory_bytes=self.max_memory_bytes)
+        return self._stores[fp]
 
     # ------------------------------------------------------------------ prompt
     def parts(self, example: PromptParts | Mapping[str, Any]) -> PromptParts:
@@ -207,26 +222,20 @@ class MethodContext:
         ids = self.template.token_ids(self.tokenizer, list(documents), question)
         return PromptParts(ids["preamble"], ids["documents"], ids["query"])
 
-    # ------------------------------------------------------------------ resident packets
+    # ------------------------------------------------------------------ packets (through the store)
     def ensure_packets(self, documents: Sequence[Sequence[int]], adapter: PacketAdapter | None) -> None:
-        """Encode the documents that are not resident yet (untimed: this is the offline encode-once step)."""
-        fp = adapter_fingerprint(adapter)
-        missing = list(dict.fromkeys(tuple(d) for d in documents if (fp, tuple(d)) not in self._packets))
-        if missing:
-            for ids, packet in zip(missing, encode_packets(self.model, missing, adapter, progress=False)):
-                self._packets[(fp, ids)] = packet
-        for d in documents:
-            self._packets.move_to_end((fp, tuple(d)))
-        while len(self._packets) > max(self.max_resident_packets, len(documents)):
-            self._packets.popitem(last=False)
+        """Make the documents' packets resident in their store (untimed: this is the offline encode-once step)."""
+        self.store_for(adapter).get_many([list(d) for d in documents], progress=False)
 
     def lookup_packets(self, documents: Sequence[Sequence[int]], adapter: PacketAdapter | None) -> list[Packet]:
-        """The resident packets of `documents` (call :meth:`ensure_packets` first; a miss is an error here)."""
-        fp = adapter_fingerprint(adapter)
-        try:
-            return [self._packets[(fp, tuple(d))] for d in documents]
-        except KeyError:
-            raise KVPacketError("A packet is not resident: call ctx.ensure_packets(...) before the timed prefill.") from None
+        """The documents' packets from their store's memory (call :meth:`ensure_packets` first; a packet that is not
+        resident is an error here, so no timed prefill ever encodes or reads a file unnoticed)."""
+        store = self.store_for(adapter)
+        docs = [list(d) for d in documents]
+        if not all(store.in_memory(d) for d in docs):
+            raise KVPacketError("A packet is not resident: call ctx.ensure_packets(...) before the timed prefill "
+                                "(or raise max_memory_bytes).")
+        return store.get_many(docs, progress=False)
 
     def preamble_packet(self, preamble: Sequence[int]) -> Packet | None:
         """The preamble encoded once at position 0 (no adapter), or `None` for an empty preamble."""
@@ -239,13 +248,14 @@ class MethodContext:
 
     def clear(self, preambles: bool = True) -> None:
         """Drop every resident packet (e.g. between examples), and the encoded preambles unless `preambles=False`."""
-        self._packets.clear()
+        for store in self._stores.values():
+            store.clear_memory()
         if preambles:
             self._preambles.clear()
 
     @property
     def num_resident_packets(self) -> int:
-        return len(self._packets)
+        return sum(store.num_in_memory for store in self._stores.values())
 
 
 # ---------------------------------------------------------------------------------------------------------- timing
@@ -425,7 +435,7 @@ class ScatterCache(Cache):
 
     def __init__(self, target: Cache, slots: torch.Tensor, probe_layer: int | None = None, deviation: str = "value"):
         for layer in target.layers:
-            if type(layer) is not DynamicLayer:
+            if not isinstance(layer, DynamicLayer) or isinstance(layer, DynamicSlidingWindowLayer):
                 raise BaselineError(
                     f"Selective recompute needs full-attention cache layers, found {type(layer).__name__} (a "
                     "sliding-window model). CacheBlend/EPIC baselines support full-attention models only."
