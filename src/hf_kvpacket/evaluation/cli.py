@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from ..baselines import DEFAULT_METHODS
-from .tasks import MIXTURE_TASKS
+from ..tasks import MIXTURE_TASKS
 
 
 def _csv(text: str) -> list[str]:

@@ -26,33 +26,16 @@ Examples
 from __future__ import annotations
 
 import collections
-import re
-import string
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     import evaluate
 
-_PUNCTUATION = frozenset(string.punctuation)
-_ARTICLES = re.compile(r"\b(a|an|the)\b", flags=re.UNICODE)
+from hf_kvpacket.tasks.schema import normalize_answer  # noqa: E402  (tasks use it too: it lives with them)
 
 METRIC_DIR = Path(__file__).resolve().parent / "metrics" / "kvpacket_f1"
 """Folder of the ``evaluate`` metric module (load it with :func:`load_f1_metric`)."""
-
-
-def normalize_answer(text: str) -> str:
-    """Normalise an answer the SQuAD way: lower-case, drop punctuation and articles, squeeze spaces.
-
-    Examples
-    --------
-    >>> normalize_answer("  The  Quick, brown fox! ")
-    'quick brown fox'
-    """
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
 
 
 def _tokens(text: str) -> list[str]:

@@ -40,7 +40,7 @@ from ..baselines import DEFAULT_METHODS, BaselineMethod, KVPacket, MethodContext
 from ..errors import KVPacketError
 from .metrics import exact_match, token_f1
 from .report import SAMPLES_FILE, write_report
-from .tasks import MIXTURE_TASKS, load_task
+from ..tasks import MIXTURE_TASKS, load_task
 
 logger = logging.getLogger(__name__)
 

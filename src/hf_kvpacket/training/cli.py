@@ -168,7 +168,7 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     from transformers import TrainingArguments
 
     from ..adapter import PacketAdapter
-    from ..evaluation import load_task
+    from ..tasks import load_task
     from ..offline_models import load_model_and_tokenizer
     from . import DistillationCollator, PacketDistillationModel, PacketDistillationTrainer, TeacherConfig
     from .teacher import build_teacher_dataset

@@ -12,7 +12,7 @@ name              what                                                        ne
 
 Every builder takes ``(split, num_samples, seed, **kwargs)`` and returns a
 :class:`datasets.Dataset` with the columns ``id, task, documents, question, answers,
-source_index`` (see :mod:`hf_kvpacket.evaluation.schema`).
+source_index`` (see :mod:`hf_kvpacket.tasks.schema`).
 
 Examples
 --------
@@ -28,11 +28,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from hf_kvpacket.evaluation.biography import BiographyConfig, build_biography, generate_biography_rows
-from hf_kvpacket.evaluation.hotpotqa import HotpotQAConfig, build_hotpotqa, generate_hotpotqa_rows
-from hf_kvpacket.evaluation.niah import NIAHConfig, build_niah, generate_niah_rows
-from hf_kvpacket.evaluation.schema import Row, check_split, make_rng, rows_to_dataset
-from hf_kvpacket.evaluation.squad import SquadConfig, build_squad, generate_squad_rows
+from hf_kvpacket.tasks.biography import BiographyConfig, build_biography, generate_biography_rows
+from hf_kvpacket.tasks.hotpotqa import HotpotQAConfig, build_hotpotqa, generate_hotpotqa_rows
+from hf_kvpacket.tasks.niah import NIAHConfig, build_niah, generate_niah_rows
+from hf_kvpacket.tasks.schema import Row, check_split, make_rng, rows_to_dataset
+from hf_kvpacket.tasks.squad import SquadConfig, build_squad, generate_squad_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets

@@ -32,9 +32,9 @@ import dataclasses
 import functools
 from typing import TYPE_CHECKING, Any
 
-from hf_kvpacket.evaluation.assets import SQUAD_FILE, data_file, load_squad
-from hf_kvpacket.evaluation.metrics import normalize_answer
-from hf_kvpacket.evaluation.schema import (
+from hf_kvpacket.tasks.assets import SQUAD_FILE, data_file, load_squad
+from hf_kvpacket.tasks.schema import normalize_answer
+from hf_kvpacket.tasks.schema import (
     EVAL_HOLDOUT,
     Row,
     check_num_samples,

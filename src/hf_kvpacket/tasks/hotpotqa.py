@@ -7,7 +7,7 @@ position in the file.
 
 Held-out rule
 -------------
-Records with ``source_index < 4000`` (:data:`~hf_kvpacket.evaluation.schema.EVAL_HOLDOUT`) are
+Records with ``source_index < 4000`` (:data:`~hf_kvpacket.tasks.schema.EVAL_HOLDOUT`) are
 reserved for ``split="eval"``; ``split="train"`` only draws from ``source_index >= 4000``
 (4000 eval rows, 3405 train rows). Wikipedia paragraphs recur across HotpotQA questions:
 about half of the train records share a paragraph with some eval record. Pass
@@ -27,8 +27,8 @@ import dataclasses
 import functools
 from typing import TYPE_CHECKING, Any
 
-from hf_kvpacket.evaluation.assets import HOTPOTQA_FILE, data_file, load_hotpotqa
-from hf_kvpacket.evaluation.schema import (
+from hf_kvpacket.tasks.assets import HOTPOTQA_FILE, data_file, load_hotpotqa
+from hf_kvpacket.tasks.schema import (
     EVAL_HOLDOUT,
     Row,
     check_num_samples,

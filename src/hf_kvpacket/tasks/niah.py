@@ -35,8 +35,8 @@ import functools
 import re
 from typing import TYPE_CHECKING, Any
 
-from hf_kvpacket.evaluation.assets import ESSAYS_FILE, data_file, load_essays_text
-from hf_kvpacket.evaluation.schema import (
+from hf_kvpacket.tasks.assets import ESSAYS_FILE, data_file, load_essays_text
+from hf_kvpacket.tasks.schema import (
     SYNTHETIC_INDEX,
     Row,
     check_num_samples,

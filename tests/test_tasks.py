@@ -11,9 +11,9 @@ import pytest
 pytest.importorskip("datasets")
 
 from hf_kvpacket.errors import OfflineAssetError  # noqa: E402
-from hf_kvpacket.evaluation import assets, biography, hotpotqa, niah, squad  # noqa: E402
-from hf_kvpacket.evaluation.schema import COLUMNS, EVAL_HOLDOUT  # noqa: E402
-from hf_kvpacket.evaluation.tasks import MIXTURE_TASKS, TASKS, load_task, mixture_counts  # noqa: E402
+from hf_kvpacket.tasks import assets, biography, hotpotqa, niah, squad  # noqa: E402
+from hf_kvpacket.tasks.schema import COLUMNS, EVAL_HOLDOUT  # noqa: E402
+from hf_kvpacket.tasks.registry import MIXTURE_TASKS, TASKS, load_task, mixture_counts  # noqa: E402
 
 needs_lce = pytest.mark.skipif(
     not assets.lce_available(),
@@ -367,3 +367,21 @@ def test_env_var_override(monkeypatch, tmp_path):
     assert max(evaluation["source_index"]) < EVAL_HOLDOUT
     with pytest.raises(ValueError, match="fewer than num_samples"):
         load_task("hotpotqa", "train", num_samples=7)
+
+
+def test_old_import_paths_of_the_moved_task_modules_still_work():
+    import hf_kvpacket.evaluation.biography as old_bio
+    from hf_kvpacket.evaluation.tasks import load_task as old_load
+
+    assert old_bio is biography and old_load is load_task
+
+
+def test_training_never_imports_evaluation():
+    """Training takes its rows from hf_kvpacket.tasks; evaluation sits above training, not below it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, hf_kvpacket.training, hf_kvpacket.training.cli, hf_kvpacket.tasks; "
+            "print(sorted(m for m in sys.modules if m.startswith('hf_kvpacket.evaluation')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", out

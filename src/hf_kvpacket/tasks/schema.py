@@ -26,6 +26,8 @@ Examples
 from __future__ import annotations
 
 import random
+import re
+import string
 from typing import TYPE_CHECKING, Any, Iterable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -144,4 +146,23 @@ __all__ = [
     "features",
     "rows_to_dataset",
     "check_num_samples",
+    "normalize_answer",
 ]
+
+
+_PUNCTUATION = frozenset(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b", flags=re.UNICODE)
+
+
+def normalize_answer(text: str) -> str:
+    """Normalise an answer the SQuAD way: lower-case, drop punctuation and articles, squeeze spaces.
+
+    Examples
+    --------
+    >>> normalize_answer("  The  Quick, brown fox! ")
+    'quick brown fox'
+    """
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
