@@ -122,8 +122,10 @@ def test_topk_kl_matches_full_kl_when_k_is_vocab():
     assert full.item() > 0
 
 
-def test_short_training_run_lowers_kl(tmp_path):
-    """A stock Trainer loop on a tiny model: the student's KL to the joint-prefill teacher falls."""
+@pytest.mark.parametrize("student", ["full", "frozen-docs"])
+def test_short_training_run_lowers_kl(tmp_path, student):
+    """A stock Trainer loop on a tiny model: the student's KL to the joint-prefill teacher falls (frozen-docs: the
+    trailer alone, over cached document KV; the header stays as it was)."""
     import datasets
     from transformers import TrainingArguments
 
@@ -138,7 +140,13 @@ def test_short_training_run_lowers_kl(tmp_path):
         ans = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=4, do_sample=False, pad_token_id=0)
         rows.append(row(docs, ans[0, len(prompt):].tolist()))
     data = datasets.Dataset.from_list(rows)
-    wrapper = PacketDistillationModel(model, PacketAdapter.for_model(model, 4, 4))
+    if student == "full":
+        wrapper = PacketDistillationModel(model, PacketAdapter.for_model(model, 4, 4))
+    else:
+        from hf_kvpacket.training import FrozenDocumentStudent
+
+        wrapper = FrozenDocumentStudent(model, PacketAdapter.for_model(model, 4, 4))
+    header = wrapper.adapter.header.detach().clone()
     collator = DistillationCollator(4, 4)
     def eval_loss():
         with torch.no_grad():
@@ -152,6 +160,8 @@ def test_short_training_run_lowers_kl(tmp_path):
     PacketDistillationTrainer(model=wrapper, args=args, train_dataset=data, data_collator=collator).train()
     after = eval_loss()
     assert after < 0.7 * before, (before, after)
+    if student == "frozen-docs":
+        assert torch.equal(wrapper.adapter.header, header) and wrapper.rows_encoded == len(rows)
     trainer_ckpt = tmp_path / "final"
     wrapper.adapter.save_pretrained(trainer_ckpt)
     again = PacketAdapter.from_pretrained(trainer_ckpt)
@@ -253,3 +263,29 @@ def test_teacher_query_targets_match_a_plain_forward():
     expected = torch.log_softmax(logits[q0: len(prompt) - 1], -1).topk(5, -1)
     assert rec["query_topk_ids"] == expected.indices.tolist()
     assert torch.allclose(torch.tensor(rec["query_topk_logprobs"]), expected.values, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "qwen2"])
+def test_frozen_document_student_equals_the_block_diagonal_student(arch):
+    """Trailer-only student over cached document KV == full student (float64), logits and trailer gradients."""
+    from hf_kvpacket.training.frozen import FrozenDocumentStudent
+
+    model = build(arch, torch.float64)
+    adapter = PacketAdapter.for_model(model, 3, 2).double()
+    full = PacketDistillationModel(model, adapter)
+    frozen = FrozenDocumentStudent(model, PacketAdapter.for_model(model, 3, 2).double())
+    frozen.adapter.load_state_dict(adapter.state_dict())
+    rows = [row(), row(DOCS[:2], ANSWER[:2]), row(DOCS[1:], ANSWER[:3])]
+    batch = DistillationCollator(3, 2)(rows)
+    args = [batch[k] for k in ("student_input_ids", "student_slots", "student_block_ids", "student_label_positions")]
+    with float64_rotary(model):
+        ref = full.student_logits(*args)
+        got = frozen.student_logits(*args)
+        valid = batch["labels"] != -100
+        assert (ref - got)[valid].abs().max().item() <= 1e-9
+        again = frozen.student_logits(*args)  # from the cached document KV
+        assert frozen.rows_encoded == 3 and torch.equal(again, got)
+        (ref[valid].sum()).backward()
+        (got[valid].sum()).backward()
+    assert frozen.adapter.header.grad is None and not frozen.adapter.header.requires_grad
+    assert torch.allclose(frozen.adapter.trailer.grad, adapter.trailer.grad, atol=1e-9, rtol=0)

@@ -1,12 +1,14 @@
 """Adapter training by self-supervised distillation (teacher: joint prompt; student: independent wrapped packets)."""
 
 from .collator import DistillationCollator
+from .frozen import FrozenDocumentStudent
 from .model import PacketDistillationModel, distillation_loss
 from .teacher import TeacherConfig, build_teacher_dataset, tokenize_example
 from .trainer import PacketDistillationTrainer
 
 __all__ = [
     "DistillationCollator",
+    "FrozenDocumentStudent",
     "PacketDistillationModel",
     "PacketDistillationTrainer",
     "TeacherConfig",

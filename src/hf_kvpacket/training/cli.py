@@ -30,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--header", type=int, default=8)
     p.add_argument("--trailer", type=int, default=8)
     p.add_argument("--loss", default="kl", choices=["kl", "ce"])
+    p.add_argument("--student", default="full", choices=["full", "frozen-docs"],
+                   help="full: header+trailer through the whole prompt (the paper's student); frozen-docs: header "
+                        "frozen (e.g. from --init-from), trailer trained over document KV computed once per row "
+                        "(training/frozen.py), several times cheaper per step")
     p.add_argument("--query-weight", type=float, default=0.0,
                    help="also distil the teacher's predictions inside the query, each position with this weight "
                         "(answer positions weigh 1; the validation KL stays answer-only). 0: answer only")
@@ -158,7 +162,7 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
                   trailer: int = 8, loss: str = "kl", dtype: str = "auto", eval_steps: int = 25,
                   max_steps: int = -1, resume: bool = False, no_progress: bool = False,
                   init_from: str | None = None, teacher_from: str | None = None, query_weight: float = 0.0,
-                  teacher_dtype: str = "float32", model_and_tokenizer: tuple[Any, Any] | None = None) -> dict[str, Any]:
+                  teacher_dtype: str = "float32", student: str = "full", model_and_tokenizer: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """Teacher answers (cached) -> distillation with a linear-decay schedule -> best adapter (lowest held-out KL).
 
     `init_from` warm-starts from an existing adapter (same model and slot counts); `teacher_from` reuses the teacher
@@ -225,7 +229,12 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
         # Cards name the Hub id of the base model, also when it was loaded from an offline package.
         adapter.config.base_model_name_or_path = OFFLINE_MODELS[model].hub_id if model in OFFLINE_MODELS else model
         adapter.save_pretrained(adapter_path, model_card=False)
-    wrapper = PacketDistillationModel(base, adapter, loss_type=loss)
+    if student == "frozen-docs":
+        from .frozen import FrozenDocumentStudent
+
+        wrapper = FrozenDocumentStudent(base, adapter, loss_type=loss)
+    else:
+        wrapper = PacketDistillationModel(base, adapter, loss_type=loss)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     if query_weight > 0 and "query_topk_ids" not in teacher.column_names:
         raise ValueError(f"--query-weight needs teacher rows with query targets; {teacher_from or work_dir} has none "
@@ -256,7 +265,7 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     training_args = {"task": task, "num_train": len(train), "num_val": len(val), "epochs": epochs, "lr": lr,
                      "effective_batch": batch_size * grad_accum, "schedule": "linear decay", "loss": loss,
                      "query_weight": query_weight, "max_context_tokens": max_context_tokens, "teacher_max_new_tokens": max_new_tokens,
-                     "dtype": dtype, "init_from": init_from, "teacher_from": teacher_from, "best_val_kl": metrics.get("eval_loss"),
+                     "dtype": dtype, "student": student, "init_from": init_from, "teacher_from": teacher_from, "best_val_kl": metrics.get("eval_loss"),
                      "no_adapter_val_kl": reference, "steps": trainer.state.global_step,
                      "train_minutes": round((time.time() - start) / 60, 1)}
     adapter.save_pretrained(output, training_args=training_args, datasets=[task])

@@ -1,0 +1,68 @@
+"""Samples/hour of the two students side by side, on the same teacher rows, in one run.
+
+    python examples/student_speed.py --model qwen2.5-coder-0.5b-instruct --teacher runs/qwen-mix-v5.work \
+        --adapter adapters/qwen2.5-coder-0.5b-instruct-mixture --rows 8 --batch-size 4 --threads 1
+
+full: header+trailer, one block-diagonal forward + backward over the whole prompt (the paper's student).
+frozen-docs: header frozen, trailer-only over document KV computed once per row (training/frozen.py); its first
+epoch pays one no-grad forward per row ("first epoch"), later epochs reuse it ("steady state").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--teacher", required=True, help="a training work dir (or its teacher folder)")
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--rows", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from hf_kvpacket import PacketAdapter
+    from hf_kvpacket.hardware import resolve_dtype
+    from hf_kvpacket.offline_models import load_model_and_tokenizer
+    from hf_kvpacket.training import DistillationCollator, FrozenDocumentStudent, PacketDistillationModel
+    from hf_kvpacket.training.cli import load_teacher_dataset
+
+    dtype = resolve_dtype(args.dtype)
+    model, tok = load_model_and_tokenizer(args.model, dtype=dtype)
+    rows = load_teacher_dataset(args.teacher)
+    rows = rows.select(range(min(args.rows, len(rows))))
+    collate = DistillationCollator(8, 8, pad_token_id=tok.pad_token_id or 0)
+    batches = [collate([rows[j] for j in range(i, min(len(rows), i + args.batch_size))])
+               for i in range(0, len(rows), args.batch_size)]
+    result = {"model": args.model, "dtype": str(dtype), "threads": args.threads, "rows": len(rows),
+              "mean_prompt_tokens": sum(b["student_input_ids"].shape[1] for b in batches) / len(batches)}
+
+    def epoch(student) -> float:
+        start = time.perf_counter()
+        for b in batches:
+            student.train()
+            loss = student(**b)["loss"]
+            loss.backward()
+        return time.perf_counter() - start
+
+    full = PacketDistillationModel(model, PacketAdapter.from_pretrained(args.adapter))
+    result["full_s_per_sample"] = epoch(full) / len(rows)
+    frozen = FrozenDocumentStudent(model, PacketAdapter.from_pretrained(args.adapter))
+    result["frozen_first_epoch_s_per_sample"] = epoch(frozen) / len(rows)
+    result["frozen_steady_s_per_sample"] = epoch(frozen) / len(rows)
+    for k in ("full", "frozen_first_epoch", "frozen_steady"):
+        result[f"{k}_samples_per_hour"] = round(3600 / result[f"{k}_s_per_sample"])
+    result["steady_speedup"] = round(result["full_s_per_sample"] / result["frozen_steady_s_per_sample"], 2)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
