@@ -20,13 +20,16 @@ import torch
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--teacher", required=True, help="a training work dir (or its teacher folder)")
-    p.add_argument("--adapter", required=True)
+    p.add_argument("--teacher", default=None, help="a training work dir (or its teacher folder)")
+    p.add_argument("--adapter", default=None)
     p.add_argument("--rows", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--fast", action="store_true")
     args = p.parse_args()
+    if not args.fast and (args.teacher is None or args.adapter is None):
+        p.error("--teacher and --adapter are required (or --fast)")
     torch.set_num_threads(args.threads)
 
     from hf_kvpacket import PacketAdapter
@@ -35,9 +38,24 @@ def main() -> None:
     from hf_kvpacket.training import DistillationCollator, FrozenDocumentStudent, PacketDistillationModel
     from hf_kvpacket.training.cli import load_teacher_dataset
 
-    dtype = resolve_dtype(args.dtype)
-    model, tok = load_model_and_tokenizer(args.model, dtype=dtype)
-    rows = load_teacher_dataset(args.teacher)
+    if args.fast:
+        import tempfile
+
+        from hf_kvpacket.tasks import load_task
+        from hf_kvpacket.testing import example_model
+        from hf_kvpacket.training import TeacherConfig, build_teacher_dataset
+
+        dtype = torch.float32
+        model, tok = example_model(True)
+        work = tempfile.mkdtemp()
+        args.adapter = f"{work}/adapter"
+        PacketAdapter.for_model(model, 8, 8, seed=1).save_pretrained(args.adapter, model_card=False)
+        rows = build_teacher_dataset(model, tok, load_task("biography", "train", num_samples=4, seed=0),
+                                     f"{work}/teacher", TeacherConfig(max_new_tokens=4), progress=False)
+    else:
+        dtype = resolve_dtype(args.dtype)
+        model, tok = load_model_and_tokenizer(args.model, dtype=dtype)
+        rows = load_teacher_dataset(args.teacher)
     rows = rows.select(range(min(args.rows, len(rows))))
     collate = DistillationCollator(8, 8, pad_token_id=tok.pad_token_id or 0)
     batches = [collate([rows[j] for j in range(i, min(len(rows), i + args.batch_size))])
