@@ -3,7 +3,6 @@ seeded fuzz of byte flips, truncations and header edits either loads identical t
 
 import dataclasses
 import json
-import os
 import random
 
 import pytest

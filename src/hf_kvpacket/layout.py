@@ -16,6 +16,42 @@ from .adapter import PacketAdapter
 from .masks import JOINT, PAD, model_attention_mask, positions_from_blocks
 
 
+def student_layout(
+    preamble_ids: Sequence[int],
+    documents: Sequence[Sequence[int]],
+    tail_ids: Sequence[int],
+    num_header_tokens: int = 0,
+    num_trailer_tokens: int = 0,
+    pad_token_id: int = 0,
+) -> tuple[list[int], list[int], list[int]]:
+    """Token ids, adapter slots and block ids of `[preamble | H doc1 T | ... | H docN T | tail]` (the one layout).
+
+    `slots` is -1 for real tokens, `0..h-1` for header slots and `h..h+t-1` for trailer slots (their token id is
+    `pad_token_id`, replaced by the soft token when embedded); blocks: 0 for the preamble, i for document i, `JOINT`
+    for the tail (query, answer). The distillation collator and the exactness tests both build rows with it.
+    """
+    h, t = num_header_tokens, num_trailer_tokens
+    ids, slots, blocks = list(preamble_ids), [-1] * len(preamble_ids), [0] * len(preamble_ids)
+    for b, doc in enumerate(documents, start=1):
+        ids += [pad_token_id] * h + list(doc) + [pad_token_id] * t
+        slots += list(range(h)) + [-1] * len(doc) + list(range(h, h + t))
+        blocks += [b] * (h + len(doc) + t)
+    ids += list(tail_ids)
+    slots += [-1] * len(tail_ids)
+    blocks += [JOINT] * len(tail_ids)
+    return ids, slots, blocks
+
+
+def embed_student(model: nn.Module, adapter: PacketAdapter | None, ids: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """Input embeddings of a student layout: token embeddings, with the adapter's soft tokens at their slots."""
+    embeds = model.get_input_embeddings()(ids)
+    if adapter is None or adapter.num_header_tokens + adapter.num_trailer_tokens == 0:
+        return embeds  # a 0/0 adapter is the no-recompute baseline
+    soft = torch.cat([adapter.header, adapter.trailer], dim=0).to(embeds.dtype)
+    is_slot = (slots >= 0).unsqueeze(-1)
+    return torch.where(is_slot, soft[slots.clamp_min(0)], embeds)
+
+
 def wrapped_sequence(
     model: nn.Module,
     preamble_ids: Sequence[int],
@@ -24,25 +60,12 @@ def wrapped_sequence(
     adapter: PacketAdapter | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`inputs_embeds` of shape `(1, L, hidden)` and `block_ids` of shape `(1, L)` for one example."""
-    embed = model.get_input_embeddings()
-    device = embed.weight.device
-    parts, blocks = [], []
-
-    def ids_embed(ids: Sequence[int]) -> torch.Tensor:
-        return embed(torch.tensor([list(ids)], dtype=torch.long, device=device))
-
-    if len(preamble_ids):
-        parts.append(ids_embed(preamble_ids))
-        blocks += [0] * len(preamble_ids)
-    for i, doc in enumerate(documents, start=1):
-        e = ids_embed(doc)
-        e = adapter.wrap(e) if adapter is not None else e
-        parts.append(e)
-        blocks += [i] * e.shape[1]
-    if len(query_ids):
-        parts.append(ids_embed(query_ids))
-        blocks += [JOINT] * len(query_ids)
-    return torch.cat(parts, dim=1), torch.tensor([blocks], dtype=torch.long, device=device)
+    device = model.get_input_embeddings().weight.device
+    h = adapter.num_header_tokens if adapter is not None else 0
+    t = adapter.num_trailer_tokens if adapter is not None else 0
+    ids, slots, blocks = student_layout(preamble_ids, documents, query_ids, h, t)
+    as_tensor = lambda x: torch.tensor([x], dtype=torch.long, device=device)  # noqa: E731
+    return embed_student(model, adapter, as_tensor(ids), as_tensor(slots)), as_tensor(blocks)
 
 
 def pad_right(embeds: list[torch.Tensor], block_ids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

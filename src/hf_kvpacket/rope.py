@@ -21,7 +21,7 @@ from torch import nn
 
 from .compat import cache_kwargs, output_cache
 from .errors import RerotationGateError, UnsupportedModelError
-from .model_structure import decoder_layers, head_dim, text_config
+from .model_structure import decoder_layers, head_dim, text_config  # noqa: F401  (decoder_layers: re-exported)
 
 #: RoPE types whose angle is a fixed linear function of the position (so re-rotation by a delta is exact).
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")

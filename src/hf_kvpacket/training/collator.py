@@ -17,7 +17,8 @@ from typing import Any, Sequence
 
 import torch
 
-from ..masks import JOINT, PAD
+from ..layout import student_layout
+from ..masks import PAD
 
 
 @dataclass
@@ -53,19 +54,12 @@ class DistillationCollator:
     query_weight: float = 0.0
 
     def student_row(self, row: dict[str, Any]) -> tuple[list[int], list[int], list[int], list[int]]:
-        h, t = self.num_header_tokens, self.num_trailer_tokens
-        ids, slots, blocks = list(row["preamble_ids"]), [-1] * len(row["preamble_ids"]), [0] * len(row["preamble_ids"])
-        for b, doc in enumerate(row["document_ids"], start=1):
-            ids += [self.pad_token_id] * h + list(doc) + [self.pad_token_id] * t
-            slots += list(range(h)) + [-1] * len(doc) + list(range(h, h + t))
-            blocks += [b] * (h + len(doc) + t)
         answer = list(row["teacher_ids"])
         tail = list(row["query_ids"]) + answer[:-1]
-        first = len(ids) + len(row["query_ids"]) - 1  # the last query token predicts the first answer token
-        query_start = len(ids)
-        ids += tail
-        slots += [-1] * len(tail)
-        blocks += [JOINT] * len(tail)
+        ids, slots, blocks = student_layout(row["preamble_ids"], row["document_ids"], tail, self.num_header_tokens,
+                                            self.num_trailer_tokens, self.pad_token_id)
+        query_start = len(ids) - len(tail)
+        first = query_start + len(row["query_ids"]) - 1  # the last query token predicts the first answer token
         positions = list(range(first, first + len(answer)))
         if self.query_weight > 0:  # query token i predicts query token i + 1
             positions = list(range(query_start, query_start + len(row["query_topk_ids"]))) + positions

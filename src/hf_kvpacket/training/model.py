@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..adapter import PacketAdapter
+from ..layout import embed_student
 from ..masks import model_attention_mask, positions_from_blocks
 from ..model_structure import base_model, decoder
 
@@ -81,12 +81,8 @@ class PacketDistillationModel(nn.Module):
         return base.get_output_embeddings()(picked)
 
     def student_logits(self, student_input_ids, student_slots, student_block_ids, student_label_positions):
-        embed = self.model.get_input_embeddings()
-        embeds = embed(student_input_ids)
-        soft = torch.cat([self.adapter.header, self.adapter.trailer], dim=0).to(embeds.dtype)
-        if soft.shape[0]:  # a 0/0 adapter is the no-recompute baseline (its KL is the reference a run must beat)
-            is_slot = (student_slots >= 0).unsqueeze(-1)
-            embeds = torch.where(is_slot, soft[student_slots.clamp_min(0)], embeds)
+        # a 0/0 adapter is the no-recompute baseline (its KL is the reference a run must beat)
+        embeds = embed_student(self.model, self.adapter, student_input_ids, student_slots)
         mask = model_attention_mask(self.model, student_block_ids, dtype=embeds.dtype)
         return self._answer_logits(embeds, mask, positions_from_blocks(student_block_ids), student_label_positions)
 
