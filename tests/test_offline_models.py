@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_kvpacket import offline_models as om
+from hf_kvpacket import offline_convert
 from hf_kvpacket.errors import OfflineAssetError
 from hf_kvpacket.offline_models import (
     OFFLINE_MODELS,
@@ -84,7 +84,7 @@ def fake_model(tmp_path, monkeypatch, cache):
         out_dir.mkdir(parents=True)
         (out_dir / "config.json").write_text("{}")
 
-    monkeypatch.setattr(om, "_convert_into", fake_convert_into)
+    monkeypatch.setattr(offline_convert, "_convert_into", fake_convert_into)
     return spec, calls
 
 
@@ -193,7 +193,7 @@ def test_failed_conversion_leaves_no_folder(cache, fake_model, monkeypatch):
         (out_dir / "config.json").write_text("{}")
         raise KeyboardInterrupt  # like Ctrl-C halfway through
 
-    monkeypatch.setattr(om, "_convert_into", crash)
+    monkeypatch.setattr(offline_convert, "_convert_into", crash)
     with pytest.raises(KeyboardInterrupt):
         resolve_model_path(spec.name)
     models = cache / "models"

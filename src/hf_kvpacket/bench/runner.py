@@ -47,7 +47,7 @@ from ..compat import cache_kwargs
 from ..packet import Packet, encode_packets, encode_preamble
 from ..model_structure import text_config
 from ..rope import get_rerotator
-from ..store import PacketStore, save_packet
+from ..store import PacketStore
 from .measure import Clock, LoadMonitor, PeakMemory, disk_read_bandwidth, drop_page_cache, summarize, system_info
 
 #: Methods in table order. `kv_packet_host` only runs on accelerators; `cacheblend`/`epic` need `hf_kvpacket.baselines`.
@@ -313,12 +313,13 @@ class Case:
         # the store: the packets written once (what a first `get_many` does), then only read back
         self.store = None
         if "kv_packet_disk" in cfg.methods:
-            self.store = PacketStore(store_root, model, tok, adapter, max_memory_bytes=0, device=device)
+            self.store = PacketStore(store_root, model, tok, adapter, max_memory_bytes=0, device=device,
+                                     on_write_error="raise", on_corrupt="raise")
             self.store_files = []
             for ids, p in zip(w.documents, w.packets):
                 path = self.store.path(self.store.key(ids))
                 if not os.path.exists(path):
-                    save_packet(p, path)
+                    self.store.put(ids, p)
                 self.store_files.append(path)
             self.store_file_bytes = sum(os.path.getsize(f) for f in self.store_files)
         # pinned host copies for accelerators
