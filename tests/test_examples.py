@@ -33,3 +33,21 @@ def test_every_public_name_has_a_docstring_and_is_in_the_api_reference():
             missing_ref.append(f"{module}.{name}")
     assert not missing_doc, f"public names without docstring: {missing_doc}"
     assert not missing_ref, f"not in docs/api.md (run `python -m hf_kvpacket.apidoc > docs/api.md`): {missing_ref}"
+
+
+def test_demo_answers_held_out_questions_three_ways(tmp_path, capsys):
+    from hf_kvpacket import PacketAdapter
+    from hf_kvpacket.demo import run_demo
+    from hf_kvpacket.testing import example_model
+
+    model, tok = example_model(True)
+    PacketAdapter.for_model(model, 2, 2, seed=1).save_pretrained(tmp_path / "adapter", model_card=False)
+    out = run_demo(adapter_path=str(tmp_path / "adapter"), store_dir=str(tmp_path / "store"), max_new_tokens=3,
+                   num_questions=2, num_documents=3, model_and_tokenizer=(model, tok))
+    assert len(out["rows"]) == 2 and set(out["right"]) == {"full", "no_recompute", "kv_packet"}
+    assert all({"full", "no_recompute", "kv_packet", "gold"} <= set(r) for r in out["rows"])
+    printed = capsys.readouterr().out
+    assert "KV Packet" in printed and "no recompute" in printed and "Right (token F1" in printed
+    again = run_demo(adapter_path=str(tmp_path / "adapter"), store_dir=str(tmp_path / "store"), max_new_tokens=3,
+                     num_questions=2, num_documents=3, model_and_tokenizer=(model, tok))
+    assert [r["kv_packet"] for r in again["rows"]] == [r["kv_packet"] for r in out["rows"]]  # from the store

@@ -10,7 +10,7 @@ import sys
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.model, args.adapter, args.store, args.max_new_tokens)
+    run_demo(args.model, args.adapter, args.store, args.max_new_tokens, num_questions=args.questions, seed=args.seed)
     return 0
 
 
@@ -34,9 +34,12 @@ def _encode(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvpacket", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="answer questions over bundled documents with PacketCache (SmolLM2-135M)")
-    p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--adapter", default=None, help="adapter folder or Hub id (default: the shipped SmolLM2 mixture)")
+    p = sub.add_parser("demo", help="held-out questions answered by full prefill, no recompute and KV Packet")
+    p.add_argument("--model", default=None,
+                   help="offline model name, folder or Hub id (default: Qwen2.5-Coder-0.5B when installed, else SmolLM2)")
+    p.add_argument("--adapter", default=None, help="adapter folder or Hub id (default: adapters/<model>-mixture)")
+    p.add_argument("--questions", type=int, default=4, help="held-out biography questions to draw")
+    p.add_argument("--seed", type=int, default=7, help="which held-out questions")
     p.add_argument("--store", default=None, help="packet store folder")
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.set_defaults(func=_demo)
