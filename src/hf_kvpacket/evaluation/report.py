@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import KVPacketError
+from .intervals import bootstrap_mean_ci, gap_share
 from .metrics import fidelity as fidelity_score
 
 REFERENCE_METHOD = "full_recompute"
@@ -155,13 +156,20 @@ def aggregate(
                 "context_tokens": _mean(r.get("context_tokens") for r in ok),
                 "n": len(ok),
                 "errors": len(rows) - len(ok),
+                "f1_ci": bootstrap_mean_ci([r["f1"] for r in ok]),
+                "fidelity_ci": bootstrap_mean_ci(fids),
             }
+        per_method = {m: {str(r["id"]): r["f1"] for r in records if r["task"] == task and r["method"] == m
+                          and "error" not in r} for m in results[task]}
+        for method in results[task]:
+            if method not in (reference, "no_recompute"):
+                results[task][method]["gap_won"] = gap_share(per_method, method, full=reference)
     mean: dict[str, dict[str, Any]] = {}
     for method in method_names:
         cells = [results[t][method] for t in task_names if method in results[t] and results[t][method]["n"]]
         if not cells:
             continue
-        mean[method] = {key: _mean(c[key] for c in cells) for key in _METRICS if key not in ("n", "errors")}
+        mean[method] = {key: _mean(c.get(key) for c in cells) for key in _METRICS if key not in ("n", "errors")}
         mean[method]["n"] = sum(c["n"] for c in cells)
         mean[method]["errors"] = sum(results[t][method]["errors"] for t in task_names if method in results[t])
         mean[method]["tasks_covered"] = len(cells)
@@ -229,6 +237,17 @@ def _fmt(value: Any, kind: str) -> str:
     return str(value)
 
 
+def _fmt_ci(ci: Any) -> str:
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
+def _fmt_gap(g: Any) -> str:
+    if not g or g.get("share") is None:
+        return "—"
+    ci = f" [{g['lo']:.0%}, {g['hi']:.0%}]" if g.get("lo") is not None else ""
+    return f"{g['share']:.0%}{ci}"
+
+
 def _table(summary: Mapping[str, Any], cell, header_suffix: str = "", with_mean: bool = True) -> list[str]:
     tasks = summary["tasks"]
     cols = tasks + ([MEAN] if with_mean and len(tasks) > 1 else [])
@@ -269,6 +288,20 @@ def markdown_tables(summary: Mapping[str, Any]) -> str:
         f"**Token F1** (fidelity to the {ref} answer in parentheses; fractions, higher is better)",
         "",
         *_table(summary, lambda s, c, m: f"{_fmt(s['f1'], 'score')} ({_fmt(s['fidelity'], 'score')})"),
+        "",
+        "**Token F1 with its 95% bootstrap interval** (over examples)",
+        "",
+        *_table(summary, lambda s, c, m: _fmt(s["f1"], "score") + _fmt_ci(s.get("f1_ci")), with_mean=False),
+        "",
+        f"**Fidelity to the {ref} answer, 95% bootstrap interval**",
+        "",
+        *_table(summary, lambda s, c, m: _fmt(s["fidelity"], "score") + _fmt_ci(s.get("fidelity_ci")),
+                with_mean=False),
+        "",
+        f"**Share of the no-recompute → {ref} F1 gap won back** (paired bootstrap 95% interval; — where a method "
+        "is the reference, or the gap is under .02)",
+        "",
+        *_table(summary, lambda s, c, m: _fmt_gap(s.get("gap_won")), with_mean=False),
         "",
         "**Exact match**",
         "",
