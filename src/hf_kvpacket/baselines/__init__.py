@@ -57,6 +57,8 @@ METHODS: dict[str, type[BaselineMethod]] = {
 }
 #: The order of tables and plots.
 DEFAULT_METHODS: tuple[str, ...] = tuple(METHODS)
+#: The methods that recompute part of the documents (the benchmark times them beside KV Packet).
+RECOMPUTE_METHODS: tuple[str, ...] = tuple(n for n, cls in METHODS.items() if issubclass(cls, SelectiveRecompute))
 
 
 def _coerce(value: str, like: Any) -> Any:

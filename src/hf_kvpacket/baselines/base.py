@@ -288,6 +288,8 @@ class BaselineMethod:
     """
 
     name: ClassVar[str] = "base"
+    #: How tables and plots name the method (the one place for it: evaluation and benchmarks both read it).
+    display: ClassVar[str] = "base"
 
     # ------------------------------------------------------------------ to override
     def prepare(self, ctx: MethodContext, parts: PromptParts) -> None:

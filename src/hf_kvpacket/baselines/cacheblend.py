@@ -39,6 +39,8 @@ class CacheBlend(SelectiveRecompute):
     """
 
     name = "cacheblend"
+
+    display = "CacheBlend-15%"
     recompute_ratio: float = 0.15
     check_layer: int = 1
     deviation: str = "value"

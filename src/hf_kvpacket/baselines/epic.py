@@ -33,6 +33,8 @@ class EPIC(SelectiveRecompute):
     """
 
     name = "epic"
+
+    display = "EPIC (16 tokens)"
     num_tokens: int = 16
 
     def __post_init__(self) -> None:

@@ -22,6 +22,8 @@ class FullRecompute(BaselineMethod):
 
     name = "full_recompute"
 
+    display = "full recompute"
+
     def prefill(self, ctx: MethodContext, parts: PromptParts) -> Prefill:
         ids = parts.context_ids + list(parts.query)
         counter = FlopCounter(ctx.dims)

@@ -25,6 +25,8 @@ class KVPacket(StitchedPackets):
     """
 
     name = "kv_packet"
+
+    display = "KV Packet"
     adapter: PacketAdapter | None = field(default=None, repr=False)
 
     def packet_adapter(self, ctx: MethodContext) -> PacketAdapter:

@@ -22,5 +22,7 @@ class NoRecompute(StitchedPackets):
 
     name = "no_recompute"
 
+    display = "no recompute"
+
 
 __all__ = ["NoRecompute"]

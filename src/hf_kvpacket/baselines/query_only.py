@@ -21,6 +21,8 @@ class QueryOnly(StitchedPackets):
 
     name = "query_only"
 
+    display = "query only (no documents)"
+
     @staticmethod
     def _without_documents(parts: PromptParts) -> PromptParts:
         return PromptParts(parts.preamble, [], parts.query)

@@ -12,14 +12,16 @@ import os
 import re
 from typing import Any
 
+from ..baselines import METHODS, RECOMPUTE_METHODS
+
 LABELS = {
     "full_prefill": "full prefill",
     "lower_bound": "query-only lower bound",
     "kv_packet": "KV Packet (resident)",
     "kv_packet_disk": "KV Packet (from disk)",
     "kv_packet_host": "KV Packet (pinned host)",
-    "cacheblend": "CacheBlend-15%",
-    "epic": "EPIC (16 tokens)",
+    # the recompute baselines are named where they are defined
+    **{name: METHODS[name].display for name in RECOMPUTE_METHODS},
 }
 
 

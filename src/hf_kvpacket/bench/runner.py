@@ -27,7 +27,6 @@ allocation). The composition target is checked against the faster of the two.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import shutil
@@ -41,6 +40,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from .. import baselines as bl
 from ..adapter import PacketAdapter
 from ..cache import PacketCache
 from ..compat import cache_kwargs
@@ -51,7 +51,7 @@ from ..store import PacketStore
 from .measure import Clock, LoadMonitor, PeakMemory, disk_read_bandwidth, drop_page_cache, summarize, system_info
 
 #: Methods in table order. `kv_packet_host` only runs on accelerators; `cacheblend`/`epic` need `hf_kvpacket.baselines`.
-METHODS = ("full_prefill", "lower_bound", "kv_packet", "kv_packet_disk", "kv_packet_host", "cacheblend", "epic")
+METHODS = ("full_prefill", "lower_bound", "kv_packet", "kv_packet_disk", "kv_packet_host", *bl.RECOMPUTE_METHODS)
 #: Composition-only measurements taken in the same repetitions.
 COMPOSITION = ("plain_copy", "plain_copy_warm", "compose_naive", "compose")
 
@@ -221,48 +221,17 @@ def compose_naive(packets: list[Packet], preamble: Packet | None, rerotator: Any
 
 
 class _Flops:
-    """Analytic FLOPs (the formula of `hf_kvpacket.baselines.flops`, used from there when it is installed)."""
+    """Analytic FLOPs of a prefill: the one formula of `hf_kvpacket.baselines.flops`."""
 
     def __init__(self, model: nn.Module):
-        try:
-            from ..baselines.flops import FlopCounter, ModelDims
-
-            self.dims = ModelDims.from_model(model)
-            self._counter = FlopCounter
-        except ImportError:
-            self.dims = None
-            self._counter = None
-            c = _text_config(model)
-            from ..rope import decoder_layers
-
-            layers = decoder_layers(model)
-            self.num_layers = len(layers)
-            self.heads = c.num_attention_heads
-            self.kv_heads = getattr(c, "num_key_value_heads", None) or self.heads
-            self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // self.heads
-            self.per_layer = sum(p.numel() for p in layers.parameters()) / len(layers)
-            head = model.get_output_embeddings()
-            self.lm_head = head.weight.numel() if head is not None else c.vocab_size * c.hidden_size
+        self.dims = bl.ModelDims.from_model(model)
 
     def prefill(self, n: int, past: int = 0, rerotated: int = 0) -> float:
-        if self._counter is not None:
-            counter = self._counter(self.dims)
-            if rerotated:
-                counter.rerotation(rerotated)
-            counter.prefill(n, past=past, logits=1)
-            return counter.total
-        context_sum = n * past + n * (n + 1) / 2
-        return (n * 2.0 * self.per_layer * self.num_layers + 4.0 * self.num_layers * self.heads * self.head_dim
-                * context_sum + 2.0 * self.lm_head + 3.0 * self.num_layers * self.kv_heads * self.head_dim * rerotated)
-
-
-def _baselines() -> Any:
-    try:
-        import hf_kvpacket.baselines as baselines
-
-        return baselines
-    except ImportError:
-        return None
+        counter = bl.FlopCounter(self.dims)
+        if rerotated:
+            counter.rerotation(rerotated)
+        counter.prefill(n, past=past, logits=1)
+        return counter.total
 
 
 class _NoTemplate:
@@ -329,14 +298,9 @@ class Case:
         # baselines
         self._baseline_flops: dict[str, float] = {}
         self.skipped: dict[str, str] = {}
-        if "cacheblend" in cfg.methods or "epic" in cfg.methods:
-            if _baselines() is None:
-                self.skipped.update({m: "hf_kvpacket.baselines is not installed" for m in ("cacheblend", "epic")
-                                     if m in cfg.methods})
         self.baselines = None
-        wanted = [m for m in ("cacheblend", "epic") if m in cfg.methods]
-        bl = _baselines() if wanted else None
-        if bl is not None:
+        wanted = [m for m in bl.RECOMPUTE_METHODS if m in cfg.methods]
+        if wanted:
             # token ids are given directly (PromptParts), so no prompt template is needed (nor a tokenizer)
             self.bctx = bl.MethodContext(model, tok, template=_NoTemplate())
             self.bparts = bl.PromptParts(w.preamble, w.documents, w.query)
@@ -368,7 +332,7 @@ class Case:
         for m in cfg.methods:
             if m == "kv_packet_host" and self.host_packets is None:
                 continue
-            if m in ("cacheblend", "epic") and (self.baselines is None or m not in self.baselines):
+            if m in bl.RECOMPUTE_METHODS and (self.baselines is None or m not in self.baselines):
                 continue
             if m == "kv_packet_disk" and self.store is None:
                 continue
@@ -419,7 +383,7 @@ class Case:
             self._query_prefill(cache)
             t3 = c.mark()
             return {"ttft": t3 - t0, "load": t1 - t0, "compose": t2 - t1, "prefill": t3 - t2, **self._device(t0, t3)}
-        if name in ("cacheblend", "epic"):
+        if name in bl.RECOMPUTE_METHODS:
             method = self.baselines[name]
             t0 = c.mark()
             pre = method.prefill(self.bctx, self.bparts)
@@ -465,7 +429,7 @@ class Case:
             return self.flops.prefill(Q, past=w.composed_slots)
         if name.startswith("kv_packet"):
             return self.flops.prefill(Q, past=w.composed_slots, rerotated=w.composed_slots - pre_len)
-        if name in ("cacheblend", "epic"):
+        if name in bl.RECOMPUTE_METHODS:
             return self._baseline_flops.get(name)
         return None
 
