@@ -174,7 +174,7 @@ def test_cacheblend_probe_measures_value_deviation_of_check_layer(ctx):
 
 
 def test_cacheblend_selects_top_deviation_share(ctx, monkeypatch):
-    from hf_kvpacket.baselines import base
+    from hf_kvpacket.baselines import selective as base
 
     chosen = {}
     original = base.run_selected

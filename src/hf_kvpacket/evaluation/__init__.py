@@ -23,7 +23,6 @@ Examples
 
 import sys as _sys
 
-from hf_kvpacket import tasks as _tasks
 from hf_kvpacket.evaluation.metrics import (
     METRIC_DIR,
     compute_metrics,

@@ -75,7 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `kvpacket eval` with parsed arguments; returns the exit status."""
-    from .report import render_docs, write_report
+    from .pages import render_docs
+    from .report import write_report
     from .runner import EvalConfig, run_evaluation
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

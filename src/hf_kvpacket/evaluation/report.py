@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 from ..errors import KVPacketError
 from .intervals import bootstrap_mean_ci, gap_share
 from .metrics import fidelity as fidelity_score
+from .plots import MEAN, plot_f1_by_task, plot_f1_vs_ttft  # the figures live in plots.py
 
 REFERENCE_METHOD = "full_recompute"
 SAMPLES_FILE = "samples.jsonl"
@@ -41,7 +41,6 @@ RESULTS_FILE = "results.json"
 TABLE_FILE = "results.md"
 PLOT_F1 = "f1_by_task.png"
 PLOT_TTFT = "f1_vs_ttft.png"
-MEAN = "mean"
 
 _METRICS = ("f1", "exact_match", "fidelity", "ttft_s", "ttft_median_s", "flops", "recomputed_tokens", "context_tokens",
             "n", "errors")
@@ -334,99 +333,6 @@ def markdown_tables(summary: Mapping[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-# ---------------------------------------------------------------------------------------------------------- plots
-_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974",
-           "#64B5CD"]
-_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=120)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def plot_f1_by_task(summary: Mapping[str, Any], path: str | os.PathLike, title: str | None = None) -> Path:
-    """Grouped bars: token F1 per task (groups) and method (bars), with the macro mean as a last group.
-
-    Examples
-    --------
-    >>> plot_f1_by_task(summary, "results/x/f1_by_task.png")  # doctest: +SKIP
-    """
-    tasks = summary["tasks"] + ([MEAN] if len(summary["tasks"]) > 1 else [])
-    methods = summary["methods"]
-    fig = _figure(max(6.0, 1.4 * len(tasks) + 2.5), 4.2)
-    ax = fig.add_subplot(1, 1, 1)
-    width = 0.8 / max(1, len(methods))
-    for j, method in enumerate(methods):
-        xs, ys = [], []
-        for i, task in enumerate(tasks):
-            stats = summary["mean"].get(method) if task == MEAN else summary["results"][task].get(method)
-            if task == MEAN and stats is not None and stats.get("tasks_covered", 0) < len(summary["tasks"]):
-                stats = None
-            if stats and stats.get("f1") is not None:
-                xs.append(i - 0.4 + width * (j + 0.5))
-                ys.append(stats["f1"])
-        ax.bar(xs, ys, width=width, label=method, color=_COLORS[j % len(_COLORS)])
-    ax.set_xticks(range(len(tasks)))
-    ax.set_xticklabels(tasks)
-    ax.set_ylabel("token F1")
-    ax.set_ylim(0, 1)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="method", title_fontsize=7)
-    ax.set_title(title or "Token F1 per task and method")
-    fig.savefig(path, bbox_inches="tight")
-    return Path(path)
-
-
-def plot_f1_vs_ttft(summary: Mapping[str, Any], path: str | os.PathLike, title: str | None = None) -> Path:
-    """Scatter of token F1 against mean TTFT (log x): colour = method, marker = task; large = macro mean.
-
-    Examples
-    --------
-    >>> plot_f1_vs_ttft(summary, "results/x/f1_vs_ttft.png")  # doctest: +SKIP
-    """
-    from matplotlib.lines import Line2D
-
-    tasks, methods = summary["tasks"], summary["methods"]
-    fig = _figure(7.5, 4.6)
-    ax = fig.add_subplot(1, 1, 1)
-    for j, method in enumerate(methods):
-        color = _COLORS[j % len(_COLORS)]
-        for i, task in enumerate(tasks):
-            stats = summary["results"][task].get(method)
-            if stats and stats.get("ttft_s") and stats.get("f1") is not None:
-                ax.scatter(stats["ttft_s"] * 1e3, stats["f1"], color=color, marker=_MARKERS[i % len(_MARKERS)], s=28,
-                           alpha=0.75)
-        stats = summary["mean"].get(method)
-        if len(tasks) > 1 and stats and stats.get("tasks_covered") == len(tasks) and stats.get("ttft_s"):
-            ax.scatter(stats["ttft_s"] * 1e3, stats["f1"], color=color, marker="o", s=140, edgecolors="black",
-                       linewidths=0.8, zorder=3)
-    ax.set_xscale("log")
-    ax.set_xlabel("mean TTFT (ms, log scale)")
-    ax.set_ylabel("token F1")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3, which="both")
-    method_handles = [Line2D([], [], color=_COLORS[j % len(_COLORS)], marker="o", linestyle="", label=m)
-                      for j, m in enumerate(methods)]
-    task_handles = [Line2D([], [], color="gray", marker=_MARKERS[i % len(_MARKERS)], linestyle="", label=t)
-                    for i, t in enumerate(tasks)]
-    if len(tasks) > 1:
-        task_handles.append(Line2D([], [], color="gray", marker="o", markersize=10, markeredgecolor="black",
-                                   linestyle="", label="mean over tasks"))
-    first = ax.legend(handles=method_handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="method",
-                      title_fontsize=7)
-    ax.add_artist(first)
-    ax.legend(handles=task_handles, fontsize=7, loc="lower left", bbox_to_anchor=(1.01, 0.0), title="task",
-              title_fontsize=7)
-    ax.set_title(title or "Quality vs time to first token")
-    fig.savefig(path, bbox_inches="tight")
-    return Path(path)
-
-
 # ---------------------------------------------------------------------------------------------------------- files
 def write_report(output: str | os.PathLike, meta: Mapping[str, Any] | None = None,
                  methods: Sequence[str] | None = None, tasks: Sequence[str] | None = None) -> dict[str, Any]:
@@ -488,115 +394,13 @@ def _meta_line(meta: Mapping[str, Any]) -> str:
     return "; ".join(parts) + "." if parts else ""
 
 
-def _load_summary(results_dir: Path) -> dict[str, Any]:
-    if not (results_dir / RESULTS_FILE).is_file():
-        write_report(results_dir)
-    return json.loads((results_dir / RESULTS_FILE).read_text(encoding="utf-8"))
+def __getattr__(name: str) -> Any:
+    """`render_docs` and `per_task_adapter_table` moved to pages.py; still importable from here."""
+    if name in ("render_docs", "per_task_adapter_table"):
+        from . import pages
 
-
-def per_task_adapter_table(per_task_dirs: Sequence[str | os.PathLike],
-                           main_dirs: Sequence[str | os.PathLike] = (), method: str = "kv_packet") -> str:
-    """One row per (model, task) run of a task-specific adapter: its F1 and fidelity beside full recompute, no
-    recompute and, when a main folder of the same model has it on the same examples, the mixture adapter."""
-    mains: dict[str, dict[str, Any]] = {}
-    for d in main_dirs:
-        summary = _load_summary(Path(d))
-        mains[summary.get("meta", {}).get("model", "")] = summary
-    head = ("| model | task | adapter | n | full recompute F1 | no recompute F1 | mixture adapter F1 (fidelity) | "
-            "task adapter F1 (fidelity) |")
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
-    for d in per_task_dirs:
-        summary = _load_summary(Path(d))
-        meta = summary.get("meta", {})
-        for task in summary["tasks"]:
-            cell = summary["results"][task]
-            if method not in cell:
-                continue
-            main = mains.get(meta.get("model", ""), {}).get("results", {}).get(task, {}).get(method)
-            mix = f"{_fmt(main['f1'], 'score')} ({_fmt(main['fidelity'], 'score')})" if main else "—"
-
-            def f1(name: str) -> str:
-                return _fmt(cell[name]["f1"], "score") if name in cell else "—"
-
-            lines.append(f"| {meta.get('model', '?')} | {task} | `{meta.get('adapter', '?')}` | {cell[method]['n']} | "
-                         f"{f1('full_recompute')} | {f1('no_recompute')} | {mix} | {f1(method)} "
-                         f"({_fmt(cell[method]['fidelity'], 'score')}) |")
-    return "\n".join(lines)
-
-
-def render_docs(results_dirs: str | os.PathLike | Sequence[str | os.PathLike],
-                docs_path: str | os.PathLike = "docs/results.md", image_dir: str | os.PathLike | None = None,
-                title: str = "Results", per_task_dirs: Sequence[str | os.PathLike] = (),
-                notes: str | None = None) -> Path:
-    """Write a docs page from one or more results folders: tables, plots (copied to `image_dir`), exact commands.
-
-    Parameters
-    ----------
-    results_dirs:
-        A folder written by the runner, or several (one section each, e.g. one per model). `results.json` and the
-        plots are rebuilt from `samples.jsonl` when missing.
-    docs_path:
-        The page to write (default `docs/results.md`).
-    image_dir:
-        Where the plot images go (default `img/` beside the page); they are named after each results folder.
-    title:
-        Page title.
-    per_task_dirs:
-        Results folders of task-specific adapters (one task each), summarised in one table at the end.
-    notes:
-        Markdown appended at the end (e.g. learning curves and what was tried).
-
-    Returns
-    -------
-    pathlib.Path
-        The page written.
-
-    Examples
-    --------
-    >>> render_docs(["results/qwen2.5-coder-0.5b", "results/smollm2-135m"], "docs/results.md")  # doctest: +SKIP
-    PosixPath('docs/results.md')
-    """
-    dirs = [results_dirs] if isinstance(results_dirs, (str, os.PathLike)) else list(results_dirs)
-    if not dirs:
-        raise ReportError("render_docs needs at least one results folder.")
-    docs_path = Path(docs_path)
-    docs_path.parent.mkdir(parents=True, exist_ok=True)
-    image_dir = Path(image_dir) if image_dir is not None else docs_path.parent / "img"
-    image_dir.mkdir(parents=True, exist_ok=True)
-    intro = (
-        "Token F1 and exact match are fractions (SQuAD normalisation); *fidelity* is the token F1 of each method's "
-        f"answer against the {REFERENCE_METHOD} answer (it separates method error from label noise). TTFT runs from "
-        "the start of cache preparation (packet lookup, composition, any recompute) to the first token's logits; "
-        "packets are pre-encoded and resident, as on a store hit. FLOPs are analytic, query-time only "
-        "(`hf_kvpacket.baselines.flops`)."
-    )
-    lines = [f"# {title}", "", intro, ""]
-    for results_dir in map(Path, dirs):
-        if not (results_dir / RESULTS_FILE).is_file() or not (results_dir / PLOT_F1).is_file():
-            write_report(results_dir)
-        summary = json.loads((results_dir / RESULTS_FILE).read_text(encoding="utf-8"))
-        meta = summary.get("meta", {})
-        stem = results_dir.resolve().name
-        images = {}
-        for name in (PLOT_F1, PLOT_TTFT):
-            target = image_dir / f"{stem}-{name}"
-            shutil.copyfile(results_dir / name, target)
-            images[name] = Path(os.path.relpath(target, docs_path.parent)).as_posix()
-        heading = f"{meta.get('model', stem)}, adapter `{meta.get('adapter') or 'none'}`"
-        lines += [f"## {heading}" if len(dirs) > 1 else f"Model `{meta.get('model', '?')}`, adapter "
-                  f"`{meta.get('adapter') or 'none'}`.", "", "Reproduce with:", "", "```bash",
-                  meta.get("command", "kvpacket eval ..."), "```", "", _meta_line(meta), "", markdown_tables(summary),
-                  f"![Token F1 per task]({images[PLOT_F1]})", "", f"![F1 vs TTFT]({images[PLOT_TTFT]})", ""]
-    if per_task_dirs:
-        lines += ["## Per-task adapters", "", "Each task-specific adapter evaluated on its own task, on the same "
-                  "examples as the sections above (their full-recompute and no-recompute answers are reused: "
-                  "`--reuse-from`). Commands are in each folder's `results.md`.", "",
-                  per_task_adapter_table(per_task_dirs, dirs), ""]
-    if notes:
-        lines += [notes.rstrip(), ""]
-    docs_path.write_text("\n".join(lines), encoding="utf-8")
-    return docs_path
-
+        return getattr(pages, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "REFERENCE_METHOD",
