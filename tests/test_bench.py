@@ -37,7 +37,7 @@ def _check_results(results, models):
         assert case["composed_slots"] > case["context_tokens"]  # adapter slots
     assert results["throughput"] and results["throughput"][0]["tokens_per_s"]["kv_packet"] > 0
     assert results["targets"] == []  # judged at 4K+ contexts only
-    import hf_kvpacket.bench.runner as runner
+    import hf_kvpacket.bench.targets as runner
 
     old, runner.TARGET_MIN_CONTEXT = runner.TARGET_MIN_CONTEXT, 0
     try:

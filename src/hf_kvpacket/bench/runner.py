@@ -55,28 +55,7 @@ METHODS = ("full_prefill", "lower_bound", "kv_packet", "kv_packet_disk", "kv_pac
 #: Composition-only measurements taken in the same repetitions.
 COMPOSITION = ("plain_copy", "plain_copy_warm", "compose_naive", "compose")
 
-#: Config-only model shapes (random init, no download). `--num-layers` shrinks a shape to fit a small machine.
-SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
-    "llama-3.1-8b": ("LlamaForCausalLM", dict(
-        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-        vocab_size=128256, max_position_embeddings=131072, tie_word_embeddings=False,
-        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})),
-    "llama-3.2-1b": ("LlamaForCausalLM", dict(
-        hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-        head_dim=64, vocab_size=128256, max_position_embeddings=131072, tie_word_embeddings=True,
-        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
-                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})),
-    "qwen2.5-7b": ("Qwen2ForCausalLM", dict(
-        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-        vocab_size=152064, max_position_embeddings=32768, tie_word_embeddings=False,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
-    "tiny-llama": ("LlamaForCausalLM", dict(
-        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=128, max_position_embeddings=4096)),
-}
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+from .models import SHAPES, load_model, resolve_device  # noqa: E402,F401  (model loading lives in models.py)
 
 
 @dataclass
@@ -120,122 +99,18 @@ def _log(cfg: BenchConfig, msg: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def load_model(name: str, cfg: BenchConfig, device: torch.device) -> tuple[nn.Module, Any, str]:
-    """A real model (offline registry name, folder or Hub id) or, with `config_only`, a random-init shape."""
-    dtype = DTYPES[cfg.dtype]
-    if cfg.config_only or name in SHAPES:
-        import transformers
-
-        if name not in SHAPES:
-            raise ValueError(f"Unknown config-only shape {name!r}; known: {', '.join(SHAPES)}.")
-        cls_name, kwargs = SHAPES[name]
-        kwargs = dict(kwargs)
-        if cfg.num_layers:
-            kwargs["num_hidden_layers"] = cfg.num_layers
-        cls = getattr(transformers, cls_name)
-        config = cls.config_class(**kwargs, attn_implementation="sdpa")
-        torch.manual_seed(cfg.seed)
-        with torch.device(device):  # initialised in place, in the target dtype (an 8B shape never exists in fp32)
-            model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
-        model = model.eval()
-        label = f"{name} (random init, {config.num_hidden_layers} layers)"
-        return model, None, label
-    from ..offline_models import load_model_and_tokenizer
-
-    model, tok = load_model_and_tokenizer(name, dtype=dtype)
-    model = model.to(device).eval()
-    if cfg.num_layers:
-        raise ValueError("--num-layers applies to config-only shapes only.")
-    return model, tok, name
-
-
 _text_config = text_config
 
 
-@dataclass
-class Workload:
-    """Token ids of one case and the packets/caches built from them (untimed set-up)."""
-
-    preamble: list[int]
-    documents: list[list[int]]
-    query: list[int]
-    context_tokens: int  # preamble + documents
-    packets: list[Packet] = field(default_factory=list)
-    preamble_packet: Packet | None = None
-    composed_slots: int = 0
-
-
-def make_ids(rng: random.Random, vocab: int, n: int) -> list[int]:
-    low = 1 if vocab < 2000 else 1000
-    high = max(low + 1, int(vocab * 0.9))
-    return [rng.randrange(low, high) for _ in range(n)]
-
-
-def fit_context(requested: int, cfg: BenchConfig, max_pos: int | None, extra: int) -> int:
-    """The context length actually used: `requested`, capped so that context + packet slots + query + decoded tokens
-    fit the model's `max_position_embeddings`, rounded down so documents have equal lengths."""
-    ctx = requested
-    if max_pos is not None and ctx + extra > max_pos:
-        ctx = max_pos - extra
-    docs = max(1, (ctx - cfg.preamble_tokens) // cfg.num_docs)
-    return cfg.preamble_tokens + docs * cfg.num_docs
-
-
-def clone_to_dynamic(cache: Any, config: Any) -> DynamicCache:
-    """A plain `DynamicCache` holding a copy of every layer of `cache` (the lower bound's resident cache)."""
-    out = DynamicCache(config=config)
-    for i, layer in enumerate(cache.layers):
-        out.update(layer.keys.clone(), layer.values.clone(), i)
-        if hasattr(layer, "cumulative_length"):  # sliding-window layers hold only their window
-            out.layers[i].cumulative_length = layer.cumulative_length
-    return out
-
-
-def compose_naive(packets: list[Packet], preamble: Packet | None, rerotator: Any) -> list[tuple[torch.Tensor, ...]]:
-    """The first composition of this library (single row), kept as the before/after reference: per layer, `torch.cat`
-    the packets, then rotate the keys in place with per-slot tables (`rotate_keys_`, which clones the first half)."""
-    from ..rope import rotate_keys_, rotation_tables
-
-    items = ([preamble] if preamble is not None else []) + list(packets)
-    lengths = [p.length for p in items]
-    offsets = torch.tensor([0] + lengths[:-1]).cumsum(0)
-    deltas = torch.repeat_interleave(offsets, torch.tensor(lengths))
-    tables: dict = {}
-    out = []
-    for layer_idx in range(items[0].num_layers):
-        keys = torch.cat([p.keys[layer_idx] for p in items], dim=-2).unsqueeze(0)
-        values = torch.cat([p.values[layer_idx] for p in items], dim=-2).unsqueeze(0)
-        spec = rerotator.specs[layer_idx]
-        key = (id(spec.inv_freq), keys.dtype, keys.device)
-        if key not in tables:
-            tables[key] = rotation_tables(deltas, spec.inv_freq, keys.dtype, keys.device)
-        rotate_keys_(keys, *tables[key])
-        out.append((keys, values))
-    return out
-
-
-class _Flops:
-    """Analytic FLOPs of a prefill: the one formula of `hf_kvpacket.baselines.flops`."""
-
-    def __init__(self, model: nn.Module):
-        self.dims = bl.ModelDims.from_model(model)
-
-    def prefill(self, n: int, past: int = 0, rerotated: int = 0) -> float:
-        counter = bl.FlopCounter(self.dims)
-        if rerotated:
-            counter.rerotation(rerotated)
-        counter.prefill(n, past=past, logits=1)
-        return counter.total
-
-
-class _NoTemplate:
-    """Stands in for a prompt template when the ids are given directly (config-only models have no tokenizer)."""
+from .workload import (  # noqa: E402,F401  (workloads and references live in workload.py)
+    Workload,
+    _Flops,
+    _NoTemplate,
+    clone_to_dynamic,
+    compose_naive,
+    fit_context,
+    make_ids,
+)
 
 
 # ---------------------------------------------------------------------------------------------------------- a case
@@ -471,54 +346,7 @@ class Case:
         return pm.peak, pm.method
 
 
-# ---------------------------------------------------------------------------------------------------------- batches
-
-
-@torch.no_grad()
-def batch_throughput(model: nn.Module, tok: Any, cfg: BenchConfig, device: torch.device, adapter: PacketAdapter | None,
-                     rng: random.Random, log: Callable[[str], None]) -> dict[str, Any]:
-    """Tokens/s of `generate()` for a batch whose rows each have their own packets, against the same batch with a
-    full prefill (TTFT and decoding included: end-to-end throughput)."""
-    text = _text_config(model)
-    vocab = text.vocab_size
-    B, N = cfg.batch_size, cfg.batch_new_tokens
-    slots = (cfg.header_tokens + cfg.trailer_tokens) * cfg.num_docs if adapter is not None else 0
-    ctx = fit_context(cfg.batch_context, cfg, getattr(text, "max_position_embeddings", None), slots + cfg.query_tokens + N)
-    doc_len = (ctx - cfg.preamble_tokens) // cfg.num_docs
-    preamble = make_ids(rng, vocab, cfg.preamble_tokens)
-    rows = [[make_ids(rng, vocab, doc_len) for _ in range(cfg.num_docs)] for _ in range(B)]
-    queries = [make_ids(rng, vocab, cfg.query_tokens) for _ in range(B)]
-    log(f"batch: encoding {B} x {cfg.num_docs} packets ({ctx} context tokens per row)")
-    packets = encode_packets(model, [d for row in rows for d in row], adapter, batch_size=cfg.num_docs, progress=False)
-    per_row = [packets[r * cfg.num_docs:(r + 1) * cfg.num_docs] for r in range(B)]
-    pre = encode_preamble(model, preamble) if preamble else None
-    full = torch.tensor([preamble + [t for d in row for t in d] + q for row, q in zip(rows, queries)], device=device)
-    pad = getattr(tok, "pad_token_id", None) if tok is not None else None
-    pad = 0 if pad is None else pad
-    gen = dict(max_new_tokens=N, min_new_tokens=N, do_sample=False, pad_token_id=pad)
-    clock = Clock(device)
-    times: dict[str, list[float]] = {"kv_packet": [], "full_prefill": []}
-    for rep in range(cfg.batch_reps + 1):
-        for kind in (("kv_packet", "full_prefill") if rep % 2 == 0 else ("full_prefill", "kv_packet")):
-            t0 = clock.mark()
-            if kind == "kv_packet":
-                cache = PacketCache.from_packets(per_row, model=model, preamble=pre)
-                out = model.generate(**cache.inputs_for(queries), **gen)
-                del cache
-            else:
-                out = model.generate(input_ids=full, attention_mask=torch.ones_like(full), **gen)
-            t1 = clock.mark()
-            new = out.shape[1] - (len(queries[0]) if kind == "kv_packet" else full.shape[1])
-            if new != N:
-                raise RuntimeError(f"generate() produced {new} tokens instead of {N}")
-            if rep > 0:
-                times[kind].append(t1 - t0)
-            log(f"batch rep {rep}/{cfg.batch_reps} {kind}: {t1 - t0:.3f}s" + (" (warm-up)" if rep == 0 else ""))
-    res = {k: summarize(v) for k, v in times.items()}
-    return {"batch_size": B, "context_tokens": ctx, "new_tokens": N, "documents_per_row": cfg.num_docs,
-            "seconds": res,
-            "tokens_per_s": {k: B * N / v["median"] for k, v in res.items()},
-            "speedup": res["full_prefill"]["median"] / res["kv_packet"]["median"]}
+from .batches import batch_throughput  # noqa: E402  (batched generate throughput lives in batches.py)
 
 
 # ---------------------------------------------------------------------------------------------------------- driver
@@ -634,74 +462,4 @@ def _run_case(case: Case, label: str, cfg: BenchConfig, log: Callable[[str], Non
     return out
 
 
-#: The issue's targets are stated for these context lengths and longer; shorter ones are shown, not judged.
-TARGET_MIN_CONTEXT = 4096
-
-
-def derive(results: dict[str, Any]) -> dict[str, Any]:
-    """(Re)compute every derived number (ratios, bandwidths, targets) from the raw measurements, in place.
-
-    Idempotent: `run_benchmark` calls it, and so does the report when it re-renders saved results.
-    """
-    gpu = str(results["meta"]["system"].get("device", "cpu")).startswith("cuda")
-    disk = results.get("disk")
-    for case in results["cases"]:
-        methods = case["methods"]
-        lb = methods.get("lower_bound", {}).get("ttft", {}).get("median")
-        for entry in methods.values():
-            if lb and entry["ttft"].get("median"):
-                entry["ratio_to_lower_bound"] = entry["ttft"]["median"] / lb
-        comp = case["composition"]
-        plain = min(comp[k]["median"] for k in ("plain_copy", "plain_copy_warm") if comp.get(k, {}).get("n"))
-        comp["compose_over_plain_copy"] = comp["compose"]["median"] / plain  # against the faster (stricter) copy
-        comp["naive_over_plain_copy"] = comp["compose_naive"]["median"] / plain
-        comp["plain_copy_bytes_per_s"] = case["cache_bytes"] / plain
-        mem = case.get("memory")
-        if mem and mem.get("compose") is not None:
-            # GPU: the allocator counts the reserved free slots; CPU: pages never written are not resident
-            final = case["cache_bytes"] + (case.get("reserved_bytes", 0) if gpu else 0)
-            mem["compose_above_cache_in_layers"] = (mem["compose"] - final) / case["layer_bytes"]
-        if "decode" in case:
-            d = case["decode"]
-            d["tokens_per_s"] = {k: d["tokens"] / v["median"] for k, v in d["seconds"].items()}
-            d["ratio"] = d["tokens_per_s"]["kv_packet"] / d["tokens_per_s"]["dynamic_cache"]
-        if "store" in case and "kv_packet_disk" in methods:
-            st = case["store"]
-            st["load_s"] = methods["kv_packet_disk"]["load"]["median"]
-            st["bytes_per_s"] = st["file_bytes"] / st["load_s"]
-            if disk:
-                st["fraction_of_disk"] = st["bytes_per_s"] / disk["cold_bytes_per_s"]
-    results["targets"] = evaluate_targets(results)
-    return results
-
-
-def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, checked on these results (`ok` is `None` where a number is missing)."""
-    rows = []
-
-    def add(name: str, where: str, value: float | None, limit: str, ok: bool | None) -> None:
-        rows.append({"target": name, "where": where, "value": value, "limit": limit, "ok": ok})
-
-    for case in results["cases"]:
-        if case["context_requested"] < TARGET_MIN_CONTEXT:
-            continue
-        where = f"{case['model']} @ {case['context_tokens']}"
-        m = case["methods"]
-        for name in ("kv_packet", "kv_packet_host"):
-            r = m.get(name, {}).get("ratio_to_lower_bound")
-            if r is not None:
-                add(f"{name} TTFT / lower bound", where, r, "<= 1.10", r <= 1.10)
-        comp = case["composition"]
-        add("composition / plain copy", where, comp["compose_over_plain_copy"], "<= 2.0", comp["compose_over_plain_copy"] <= 2.0)
-        if "decode" in case:
-            r = case["decode"]["ratio"]
-            add("decode tokens/s vs DynamicCache", where, r, ">= 0.95", r >= 0.95)
-        if "store" in case and "fraction_of_disk" in case["store"]:
-            f = case["store"]["fraction_of_disk"]
-            add("store load / disk sequential read", where, f, ">= 0.50", f >= 0.5)
-            add("store hit never re-encodes", where, 0.0, "0 re-encodes", not case["store"]["reencoded"])
-        mem = case.get("memory", {})
-        if mem.get("compose_above_cache_in_layers") is not None:
-            v = mem["compose_above_cache_in_layers"]
-            add("compose peak above final cache (layers)", where, v, "<= 1 layer", v <= 1.0)
-    return rows
+from .targets import TARGET_MIN_CONTEXT, derive, evaluate_targets  # noqa: E402,F401  (derived figures: targets.py)
