@@ -12,7 +12,8 @@ from torch import nn
 from ..adapter import PacketAdapter
 from ..cache import PacketCache
 from ..model_structure import text_config as _text_config
-from ..packet import encode_packets, encode_preamble
+from ..packet import encode_preamble
+from ..store import PacketStore
 from .measure import Clock, summarize
 from .workload import fit_context, make_ids
 
@@ -34,7 +35,8 @@ def batch_throughput(model: nn.Module, tok: Any, cfg: "BenchConfig", device: tor
     rows = [[make_ids(rng, vocab, doc_len) for _ in range(cfg.num_docs)] for _ in range(B)]
     queries = [make_ids(rng, vocab, cfg.query_tokens) for _ in range(B)]
     log(f"batch: encoding {B} x {cfg.num_docs} packets ({ctx} context tokens per row)")
-    packets = encode_packets(model, [d for row in rows for d in row], adapter, batch_size=cfg.num_docs, progress=False)
+    store = PacketStore(None, model, tok, adapter, device=device, batch_size=cfg.num_docs)  # the user's path
+    packets = store.get_many([d for row in rows for d in row], progress=False)
     per_row = [packets[r * cfg.num_docs:(r + 1) * cfg.num_docs] for r in range(B)]
     pre = encode_preamble(model, preamble) if preamble else None
     full = torch.tensor([preamble + [t for d in row for t in d] + q for row, q in zip(rows, queries)], device=device)
