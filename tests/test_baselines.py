@@ -504,23 +504,9 @@ def test_eval_cli_is_registered():
 
 def test_eval_obtains_every_packet_through_the_packet_store(tmp_path, monkeypatch):
     """What `kvpacket eval` measures is the user's path: text -> packet -> PacketStore -> PacketCache -> generate."""
-    import hf_kvpacket.cache as cache_mod
-    import hf_kvpacket.store as store_mod
+    from store_spy import spy_on_store_and_cache
 
-    from_store, composed = set(), []
-    real_get, real_compose = store_mod.PacketStore.get_many, cache_mod.PacketCache.from_packets.__func__
-
-    def get_many(self, documents, progress=True):
-        out = real_get(self, documents, progress)
-        from_store.update(id(p) for p in out)
-        return out
-
-    def from_packets(cls, packets, *args, **kwargs):
-        composed.extend(p for p in packets if hasattr(p, "keys"))
-        return real_compose(cls, packets, *args, **kwargs)
-
-    monkeypatch.setattr(store_mod.PacketStore, "get_many", get_many)
-    monkeypatch.setattr(cache_mod.PacketCache, "from_packets", classmethod(from_packets))
+    served, composed = spy_on_store_and_cache(monkeypatch)
     run_tiny_eval(tmp_path)
     assert {p.adapter_fingerprint == "none" for p in composed} == {True, False}  # no recompute and KV Packet ran
-    assert all(id(p) in from_store for p in composed), "a document packet bypassed the PacketStore"
+    assert all(id(p) in served for p in composed), "a document packet bypassed the PacketStore"

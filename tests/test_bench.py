@@ -92,23 +92,8 @@ def test_run_benchmark_on_tiny_models(arch):
 
 def test_bench_obtains_every_document_packet_through_the_packet_store(monkeypatch):
     """`kvpacket bench` measures the user's path: its KV Packet methods compose packets a PacketStore served."""
-    import hf_kvpacket.cache as cache_mod
-    import hf_kvpacket.store as store_mod
+    from store_spy import spy_on_store_and_cache
 
-    served, composed = set(), []
-    real_get, real_compose = store_mod.PacketStore.get_many, cache_mod.PacketCache.from_packets.__func__
-
-    def get_many(self, documents, progress=True):
-        out = real_get(self, documents, progress)
-        served.update(id(p) for p in out)
-        return out
-
-    def from_packets(cls, packets, *args, **kwargs):
-        for item in packets:  # one row, or one list per row of a batch
-            composed.extend(item if isinstance(item, list) else [item])
-        return real_compose(cls, packets, *args, **kwargs)
-
-    monkeypatch.setattr(store_mod.PacketStore, "get_many", get_many)
-    monkeypatch.setattr(cache_mod.PacketCache, "from_packets", classmethod(from_packets))
+    served, composed = spy_on_store_and_cache(monkeypatch)
     run_benchmark(BenchConfig(models=["tiny"], **TINY), models={"tiny": (build("llama"), ToyTokenizer())})
     assert composed and all(id(p) in served for p in composed), "a document packet bypassed the PacketStore"
