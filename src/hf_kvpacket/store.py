@@ -320,10 +320,10 @@ class PacketStore:
         """Packets held in memory now."""
         return len(self._lru)
 
-    def in_memory(self, document: str | Sequence[int]) -> bool:
-        """Whether the document's packet is in memory (a `get_many` of it neither reads a file nor encodes)."""
-        ids = self.tokenize(document) if isinstance(document, str) else document
-        return self.key(ids) in self._lru
+    def in_memory(self, documents: Sequence[str | Sequence[int]]) -> bool:
+        """Whether every document's packet is in memory (a `get_many` of them neither reads a file nor encodes)."""
+        model_fp = self.model_fingerprint  # once, not per document
+        return all(self.key(self.tokenize(d) if isinstance(d, str) else d, model_fp) in self._lru for d in documents)
 
     def _remember(self, key: str, packet: Packet, call: StoreStats) -> None:
         if self.max_memory_bytes <= 0:

@@ -228,7 +228,7 @@ class MethodContext:
         resident is an error here, so no timed prefill ever encodes or reads a file unnoticed)."""
         store = self.store_for(adapter)
         docs = [list(d) for d in documents]
-        if not all(store.in_memory(d) for d in docs):
+        if not store.in_memory(docs):
             raise KVPacketError("A packet is not resident: call ctx.ensure_packets(...) before the timed prefill "
                                 "(or raise max_memory_bytes).")
         return store.get_many(docs, progress=False)

@@ -30,6 +30,7 @@ from transformers import DynamicCache
 
 from ..adapter import PacketAdapter
 from ..compat import cache_kwargs
+from ..layout import embed_student
 from ..masks import JOINT, PAD, model_attention_mask, positions_from_blocks
 from ..model_structure import base_model, decoder
 from .model import PacketDistillationModel
@@ -87,11 +88,7 @@ class FrozenDocumentStudent(PacketDistillationModel):
             n = past.numel()
             ids[i, :n], slots[i, :n], blocks[i, :n] = r_ids[past], r_slots[past], r_blocks[past]
             positions[i, :n] = full_pos[past]
-        embeds = embed(ids)
-        if self.adapter.num_header_tokens:
-            header = self.adapter.header.to(embeds.dtype)
-            is_slot = (slots >= 0).unsqueeze(-1)
-            embeds = torch.where(is_slot, header[slots.clamp(0, header.shape[0] - 1)], embeds)
+        embeds = embed_student(self.model, self.adapter, ids, slots)  # past slots hold header slots only
         # the past slots keep their order, so the block-diagonal mask of the compacted row is the full one restricted
         mask = model_attention_mask(self.model, blocks, dtype=embeds.dtype)
         cache = DynamicCache()  # full layers: sliding-window layers keep every slot, the mask applies the window
@@ -141,12 +138,7 @@ class FrozenDocumentStudent(PacketDistillationModel):
             where[new] = torch.arange(m, device=device)
             valid = student_label_positions[i] >= 0
             label_positions[i, valid] = where[student_label_positions[i, valid]]
-        embeds = embed(ids)
-        h = self.adapter.num_header_tokens
-        if self.adapter.num_trailer_tokens:
-            trailer = self.adapter.trailer.to(embeds.dtype)
-            is_trailer = (slots >= h).unsqueeze(-1)
-            embeds = torch.where(is_trailer, trailer[(slots - h).clamp(0, trailer.shape[0] - 1)], embeds)
+        embeds = embed_student(self.model, self.adapter, ids, slots)  # new slots hold trailer slots only
         full_mask = model_attention_mask(self.model, student_block_ids, dtype=embeds.dtype)
         mask = _restrict(full_mask, splits, (n_past, n_new))
         cache = DynamicCache()  # full layers (see _encode_past)
