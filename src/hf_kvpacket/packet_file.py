@@ -201,6 +201,26 @@ def _header_bytes(buf: torch.Tensor) -> bytes:
     return bytes(buf[8: 8 + n].numpy())
 
 
+def read_metadata(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, Any]]:
+    """(metadata, tensor entries) of a packet file from its JSON header alone (the data is not read or verified):
+    a cheap check of fingerprints and lengths before a full `load_packet`. Raises `PacketStoreError` naming the file."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= 100 << 20:
+                raise ValueError(f"header length {n}")
+            header = json.loads(f.read(n).decode("utf-8"))
+        meta = header.pop("__metadata__", None) or {}
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise ValueError("metadata must map strings to strings")
+        return meta, header
+    except OSError as e:
+        raise PacketStoreError(f"{path}: cannot read the packet file ({e.strerror or e}).") from e
+    except (ValueError, UnicodeDecodeError, AttributeError) as e:
+        raise PacketStoreError(f"{path}: unreadable packet file header ({e}). {_FIX}") from e
+
+
 def parse_safetensors(buf: torch.Tensor) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """(metadata, tensors) of a safetensors file held in `buf`; tensors are views of `buf` (no copy) where aligned.
 
@@ -367,4 +387,4 @@ def kv_layout(model: Any) -> KVLayout:
     return KVLayout(len(decoder_layers(model)), heads, head_dim, param.dtype if param is not None else None)
 
 
-__all__ = ["save_packet", "load_packet", "read_file", "parse_safetensors", "kv_layout", "KVLayout", "CHECKSUM_ALGO"]
+__all__ = ["save_packet", "load_packet", "read_file", "read_metadata", "parse_safetensors", "kv_layout", "KVLayout", "CHECKSUM_ALGO"]

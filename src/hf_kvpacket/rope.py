@@ -242,6 +242,51 @@ class Rerotator:
                 )
 
 
+class _RotaryShell(nn.Module):
+    """A model-shaped holder of a config and its rotary embedding (no weights), for `read_rope_specs`."""
+
+    def __init__(self, config, rotary: nn.Module):
+        super().__init__()
+        self.config = config
+        self.rotary_emb = rotary
+
+
+def _rotary_class(config) -> type:
+    import importlib
+
+    from transformers.models.auto.configuration_auto import model_type_to_module_name
+
+    model_type = getattr(config, "model_type", None)
+    try:
+        module = importlib.import_module(f"transformers.models.{model_type_to_module_name(model_type)}."
+                                         f"modeling_{model_type_to_module_name(model_type)}")
+    except (ImportError, TypeError, ValueError) as e:
+        raise UnsupportedModelError(f"No transformers modeling code for model_type={model_type!r} ({e}); "
+                                    "hf_kvpacket reads RoPE frequencies from it.") from e
+    found = [c for n, c in vars(module).items() if n.endswith("RotaryEmbedding") and isinstance(c, type)
+             and issubclass(c, nn.Module) and c.__module__ == module.__name__]
+    if not found:
+        raise UnsupportedModelError(f"model_type={model_type!r} has no rotary position embedding (absolute or "
+                                    "ALiBi positions): packets can only be moved for RoPE models.")
+    return found[0]
+
+
+def rerotator_from_config(config) -> Rerotator:
+    """The `Rerotator` of a model known only by its config (no weights loaded), e.g. inside a vLLM worker that runs
+    the same checkpoint with its own model code.
+
+    The frequencies come from the transformers rotary embedding of the config's model type, exactly as
+    `get_rerotator(model)` reads them from a loaded model; the correctness gate needs the model and is not run (run
+    it once where the packets are encoded: `get_rerotator(model)` does).
+
+    >>> rot = rerotator_from_config(AutoConfig.from_pretrained(path))  # doctest: +SKIP
+    """
+    cfg = text_config(config)
+    with torch.device("cpu"):
+        rotary = _rotary_class(cfg)(config=cfg)
+    return Rerotator(_RotaryShell(cfg, rotary))
+
+
 _REROTATORS: "weakref.WeakKeyDictionary[nn.Module, Rerotator]" = weakref.WeakKeyDictionary()
 
 
