@@ -138,7 +138,7 @@ def test_shipped_adapter_cards_match_their_evaluation(folder):
 
     import yaml
 
-    from hf_kvpacket.training.card_results import card_results_from_eval
+    from hf_kvpacket.evaluation.card import card_results_from_eval
 
     repo = os.path.dirname(os.path.dirname(folder))
     adapter = PacketAdapter.from_pretrained(folder)

@@ -296,6 +296,34 @@ def test_packets_stay_resident_and_unmodified(ctx):
         assert all(torch.equal(x, y) for x, y in zip((*p.keys, *p.values), b))
 
 
+def test_a_store_of_ones_own_on_disk_serves_the_timed_lookup_with_timed_loads(tmp_path):
+    """`use_store` + `timed_loads`: the bench's "from disk" line, the same method over a store that keeps nothing in
+    memory; the lookup reads the files, marks the end of the load, and gives the resident store's first logits."""
+    from hf_kvpacket import PacketStore
+
+    resident = make_ctx()
+    model, adapter = resident.model, resident.adapter
+    ref = first_logits(KVPacket(), resident)
+    store = PacketStore(tmp_path / "store", model, resident.tokenizer, adapter, max_memory_bytes=0)
+    ticks = iter(range(100))
+    disk = MethodContext(model, resident.tokenizer, template=resident.template, adapter=adapter, timed_loads=True,
+                         clock=lambda: float(next(ticks)))
+    assert disk.use_store(store) is store and disk.store_for(adapter) is store
+    got = first_logits(KVPacket(), disk)
+    assert torch.equal(got, ref) and store.num_in_memory == 0 and store.last_call.disk_hits == len(DOCS)
+    assert set(disk.marks) == {"load"}
+    cold = MethodContext(model, resident.tokenizer, template=resident.template, adapter=adapter)
+    cold.use_store(store)
+    with pytest.raises(Exception, match="not resident"):
+        KVPacket().prefill(cold, PARTS)  # without timed_loads, a packet that is not in memory is an error
+    fresh = MethodContext(model, resident.tokenizer, template=resident.template, adapter=adapter, timed_loads=True)
+    fresh.use_store(PacketStore(tmp_path / "empty", model, resident.tokenizer, adapter, max_memory_bytes=0))
+    with pytest.raises(Exception, match="encoded a document"):
+        KVPacket().prefill(fresh, PARTS)  # encoding in the timed path stays an error
+    with pytest.raises(Exception, match="another model"):
+        fresh.use_store(PacketStore(None, build("llama"), resident.tokenizer, adapter))
+
+
 def test_empty_query_is_an_error():
     with pytest.raises(Exception, match="query"):
         PromptParts(PREAMBLE, DOCS, [])

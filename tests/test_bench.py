@@ -30,8 +30,9 @@ def _check_results(results, models):
         assert methods["kv_packet"]["flops"] < methods["full_prefill"]["flops"]
         for name in ("cacheblend", "epic"):  # hf_kvpacket.baselines is part of the package
             assert name in case["skipped"] or methods[name]["flops"] > methods["kv_packet"]["flops"]
-        assert set(case["composition"]) >= {"plain_copy", "plain_copy_warm", "compose", "compose_naive",
-                                            "compose_over_plain_copy"}
+        assert {"compose", "prefill"} <= set(methods["kv_packet"]) and "load" not in methods["kv_packet"]
+        assert {"load", "compose", "prefill"} <= set(methods["kv_packet_disk"])
+        assert set(case["composition"]) >= {"plain_copy", "plain_copy_warm", "compose", "compose_over_plain_copy"}
         assert case["decode"]["tokens_per_s"]["kv_packet"] > 0
         assert case["store"]["reencoded"] is False
         assert case["composed_slots"] > case["context_tokens"]  # adapter slots
@@ -97,3 +98,21 @@ def test_bench_obtains_every_document_packet_through_the_packet_store(monkeypatc
     served, composed = spy_on_store_and_cache(monkeypatch)
     run_benchmark(BenchConfig(models=["tiny"], **TINY), models={"tiny": (build("llama"), ToyTokenizer())})
     assert composed and all(id(p) in served for p in composed), "a document packet bypassed the PacketStore"
+
+
+def test_bench_lines_are_the_baselines_registry_plus_bench_only_measurements():
+    """One list of names and labels: the lines that answer are registry methods, labelled with their `display`."""
+    from hf_kvpacket import baselines as bl
+    from hf_kvpacket.bench import METHODS
+    from hf_kvpacket.bench.methods import LABELS, LINES, BenchMethod, Measurement
+
+    assert METHODS == ("full_prefill", "lower_bound", "kv_packet", "kv_packet_disk", "kv_packet_host", "cacheblend",
+                       "epic")
+    for name in METHODS:
+        line = LINES[name]
+        if isinstance(line, BenchMethod):
+            assert LABELS[name].startswith(bl.METHODS[line.method].display)
+        else:
+            assert isinstance(line, Measurement) and name == "lower_bound"
+    assert LABELS["kv_packet"] == "KV Packet (resident)" and LABELS["full_prefill"] == bl.FullRecompute.display
+    assert {LABELS[m] for m in bl.RECOMPUTE_METHODS} == {bl.METHODS[m].display for m in bl.RECOMPUTE_METHODS}

@@ -1,5 +1,5 @@
-"""Composition (compose.py): direct vs staged composition, the naive reference, in-place appends into reserved slots
-(ComposedLayer), peak memory, and the rotation kernel the composition uses."""
+"""Composition (compose.py): direct vs staged composition, the naive reference (tests/reference_compose.py), in-place
+appends into reserved slots (ComposedLayer), peak memory, and the rotation kernel the composition uses."""
 
 import pytest
 import torch
@@ -7,8 +7,8 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from hf_kvpacket import PacketAdapter, PacketCache, cache_kwargs, encode_packets
-from hf_kvpacket.bench import compose_naive
 from hf_kvpacket.rope import get_rerotator
+from reference_compose import compose_naive
 from test_exactness import DOCS, PREAMBLE, QUERY
 from tiny_models import ARCHS, build
 

@@ -377,11 +377,45 @@ def test_old_import_paths_of_the_moved_task_modules_still_work():
 
 
 def test_training_never_imports_evaluation():
-    """Training takes its rows from hf_kvpacket.tasks; evaluation sits above training, not below it."""
+    """Training takes its rows from hf_kvpacket.tasks; evaluation sits above training, not below it: importing every
+    training module loads no evaluation module, and no training module names the evaluation in an import (lazy imports
+    inside functions included), except the deprecated alias `card_results` (forwarding on first use)."""
+    import ast
+    import pkgutil
     import subprocess
     import sys
+    from pathlib import Path
 
-    code = ("import sys, hf_kvpacket.training, hf_kvpacket.training.cli, hf_kvpacket.tasks; "
+    import hf_kvpacket.training as training
+
+    modules = sorted(m.name for m in pkgutil.iter_modules(training.__path__, "hf_kvpacket.training."))
+    assert {"hf_kvpacket.training.cli", "hf_kvpacket.training.card_results"} <= set(modules)
+    code = (f"import sys, hf_kvpacket.tasks, {', '.join(modules)}; "
             "print(sorted(m for m in sys.modules if m.startswith('hf_kvpacket.evaluation')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", out
+    alias = "card_results.py"
+    for path in sorted(Path(training.__path__[0]).glob("*.py")):
+        if path.name == alias:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")] + [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any("evaluation" in n for n in names), f"{path.name}:{node.lineno} imports the evaluation"
+
+
+def test_card_results_moved_to_the_evaluation_and_the_old_path_still_works():
+    import warnings
+
+    from hf_kvpacket.evaluation import card
+    from hf_kvpacket.training import card_results
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert card_results.update_card is card.update_card
+        assert card_results.card_results_from_eval is card.card_results_from_eval
+    assert caught and all(issubclass(w.category, DeprecationWarning) for w in caught)

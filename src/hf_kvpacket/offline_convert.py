@@ -3,7 +3,7 @@
 The GGUF is loaded dequantized, a plain model is rebuilt from its config (no ``quantization_config``), and model,
 tokenizer and generation config are saved into a temporary folder beside the final one, then moved into place with
 ``os.replace`` under a file lock: an interrupted run leaves no half folder, concurrent processes convert only once.
-The registry and the loader are in ``offline_models.py``.
+The registry is ``offline_registry.py``, the cache folders ``offline_cache.py``, the loader ``offline_models.py``.
 """
 
 from __future__ import annotations
@@ -17,15 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .offline_models import (  # noqa: F401
-    OFFLINE_MODELS,
-    OfflineModelSpec,
-    _FORMAT_VERSION,
-    _MARKER,
-    _log,
-    is_converted,
-    model_cache_dir,
-)
+from .offline_cache import _FORMAT_VERSION, _MARKER, _log, is_converted, model_cache_dir
+from .offline_registry import OFFLINE_MODELS, OfflineModelSpec
 
 
 def _convert_into(spec: OfflineModelSpec, gguf: Path, out_dir: Path) -> None:

@@ -8,6 +8,6 @@ Example
 >>> results["cases"][0]["methods"]["kv_packet"]["ratio_to_lower_bound"]
 """
 
-from .runner import COMPOSITION, METHODS, SHAPES, BenchConfig, compose_naive, derive, evaluate_targets, run_benchmark
+from .runner import COMPOSITION, METHODS, SHAPES, BenchConfig, derive, evaluate_targets, run_benchmark
 
-__all__ = ["BenchConfig", "run_benchmark", "derive", "evaluate_targets", "compose_naive", "METHODS", "COMPOSITION", "SHAPES"]
+__all__ = ["BenchConfig", "run_benchmark", "derive", "evaluate_targets", "METHODS", "COMPOSITION", "SHAPES"]

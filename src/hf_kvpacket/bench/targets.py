@@ -24,7 +24,6 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
         comp = case["composition"]
         plain = min(comp[k]["median"] for k in ("plain_copy", "plain_copy_warm") if comp.get(k, {}).get("n"))
         comp["compose_over_plain_copy"] = comp["compose"]["median"] / plain  # against the faster (stricter) copy
-        comp["naive_over_plain_copy"] = comp["compose_naive"]["median"] / plain
         comp["plain_copy_bytes_per_s"] = case["cache_bytes"] / plain
         mem = case.get("memory")
         if mem and mem.get("compose") is not None:

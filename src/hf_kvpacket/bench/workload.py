@@ -1,5 +1,5 @@
-"""Benchmark workloads: random token ids sized to a context, the lower bound's resident cache, the naive composition
-reference, and the analytic FLOPs of a prefill."""
+"""Benchmark workloads: random token ids sized to a context, the lower bound's resident cache, and the analytic FLOPs
+of a prefill."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 from transformers import DynamicCache
 
@@ -53,29 +52,6 @@ def clone_to_dynamic(cache: Any, config: Any) -> DynamicCache:
         out.update(layer.keys.clone(), layer.values.clone(), i)
         if hasattr(layer, "cumulative_length"):  # sliding-window layers hold only their window
             out.layers[i].cumulative_length = layer.cumulative_length
-    return out
-
-
-def compose_naive(packets: list[Packet], preamble: Packet | None, rerotator: Any) -> list[tuple[torch.Tensor, ...]]:
-    """The first composition of this library (single row), kept as the before/after reference: per layer, `torch.cat`
-    the packets, then rotate the keys in place with per-slot tables (`rotate_keys_`, which clones the first half)."""
-    from ..rope import rotate_keys_, rotation_tables
-
-    items = ([preamble] if preamble is not None else []) + list(packets)
-    lengths = [p.length for p in items]
-    offsets = torch.tensor([0] + lengths[:-1]).cumsum(0)
-    deltas = torch.repeat_interleave(offsets, torch.tensor(lengths))
-    tables: dict = {}
-    out = []
-    for layer_idx in range(items[0].num_layers):
-        keys = torch.cat([p.keys[layer_idx] for p in items], dim=-2).unsqueeze(0)
-        values = torch.cat([p.values[layer_idx] for p in items], dim=-2).unsqueeze(0)
-        spec = rerotator.specs[layer_idx]
-        key = (id(spec.inv_freq), keys.dtype, keys.device)
-        if key not in tables:
-            tables[key] = rotation_tables(deltas, spec.inv_freq, keys.dtype, keys.device)
-        rotate_keys_(keys, *tables[key])
-        out.append((keys, values))
     return out
 
 

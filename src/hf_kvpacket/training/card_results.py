@@ -1,56 +1,27 @@
-"""Fill an adapter's model card with the results of a `kvpacket eval` run (`results.json`)."""
+"""Deprecated alias of :mod:`hf_kvpacket.evaluation.card` (kept for one release).
+
+Filling a card with evaluation numbers reads `kvpacket eval`'s results format, so it moved to the evaluation side:
+import ``update_card`` / ``card_results_from_eval`` from ``hf_kvpacket.evaluation.card``. Importing this module
+does not import the evaluation (training never does); the first use of a name here does, with a `DeprecationWarning`.
+"""
 
 from __future__ import annotations
 
-import json
-import os
+import warnings
 from typing import Any
 
-
-def card_results_from_eval(results_json: str, method: str = "kv_packet") -> dict[str, dict[str, float]]:
-    """Per task: the adapter's F1, exact match and fidelity, beside full-recompute and no-recompute F1 of the run."""
-    with open(results_json, encoding="utf-8") as f:
-        data = json.load(f)
-    out: dict[str, dict[str, float]] = {}
-    for task, methods in data["results"].items():
-        if method not in methods:
-            continue
-        r = methods[method]
-        row = {"f1": r["f1"], "exact_match": r["exact_match"], "fidelity": r.get("fidelity"), "n": r["n"]}
-        for ref in ("full_recompute", "no_recompute"):
-            if ref in methods:
-                row[f"{ref}_f1"] = methods[ref]["f1"]
-        out[task] = {k: float(v) for k, v in row.items() if v is not None}
-    return out
+_MOVED = ("card_results_from_eval", "update_card")
 
 
-def update_card(adapter_dir: str, results_json: str, **extra: Any) -> None:
-    """Rewrite `adapter_dir`'s generated card and eval_results.json from a results file (training log kept)."""
-    from ..adapter import PacketAdapter
+def __getattr__(name: str) -> Any:
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"hf_kvpacket.training.card_results.{name} moved to hf_kvpacket.evaluation.card.{name}; the old "
+                  "path will be removed in the next release.", DeprecationWarning, stacklevel=2)
+    from ..evaluation import card
 
-    adapter = PacketAdapter.from_pretrained(adapter_dir)
-    log_path = os.path.join(adapter_dir, "training_log.json")
-    training_args = {}
-    if os.path.exists(log_path):
-        with open(log_path, encoding="utf-8") as f:
-            log = json.load(f)
-        training_args = dict(log.get("training_args", {}))
-        training_args["val_kl_curve"] = [(h["step"], round(h["eval_loss"], 4)) for h in log.get("log_history", [])
-                                         if "eval_loss" in h]
-    training_args.update(extra)
-    # Where the card's numbers come from (relative to the working directory, normally the repository root), so a
-    # test can check that every shipped card matches its evaluation.
-    training_args["eval_source"] = os.path.relpath(results_json).replace(os.sep, "/")
-    with open(results_json, encoding="utf-8") as f:
-        command = json.load(f).get("meta", {}).get("command")
-    if command:
-        training_args["eval_command"] = command
-    if os.path.exists(log_path):
-        # extras and the eval source persist, so the next update keeps them
-        log["training_args"].update({k: v for k, v in training_args.items() if k != "val_kl_curve"})
-        with open(log_path, "w", encoding="utf-8") as f:
-            json.dump(log, f, indent=1)
-    results = card_results_from_eval(results_json)
-    task = training_args.get("task") or adapter.config.task
-    datasets = list(results) if task in (None, "mixture") else [task]
-    adapter.save_pretrained(adapter_dir, eval_results=results, training_args=training_args, datasets=datasets)
+    return getattr(card, name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_MOVED))
