@@ -67,7 +67,7 @@ $(VLLM_VENV)/.installed:
 	touch $@
 
 test-vllm: $(VLLM_VENV)/.installed
-	$(VLLM_PY) -m pytest -q -x -p no:cacheprovider tests/vllm
+	$(VLLM_PY) -m pytest -q -x -p no:cacheprovider tests/vllm_serving
 
 # vLLM time to first token with packets vs vLLM's own prefill, 1K/4K/8K, side by side (see docs/serving.md).
 bench-vllm: $(VLLM_VENV)/.installed

@@ -16,6 +16,7 @@ PUBLIC_MODULES = [
     "hf_kvpacket.evaluation",
     "hf_kvpacket.baselines",
     "hf_kvpacket.bench",
+    "hf_kvpacket.vllm",
 ]
 
 

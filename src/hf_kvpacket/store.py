@@ -38,6 +38,11 @@ from .packet_file import (  # noqa: F401  (re-exported: the file format lives in
 )
 
 
+def key_path(root: str | os.PathLike, key: str) -> str:
+    """The file of `key` in a store folder: `<root>/<key[:2]>/<key>.safetensors` (also read by the vLLM connector)."""
+    return os.path.join(os.fspath(root), key[:2], f"{key}.safetensors")
+
+
 @dataclass
 class StoreStats:
     """Counters of a store (cumulative) or of one `get_many` call (`PacketStore.last_call`)."""
@@ -163,7 +168,7 @@ class PacketStore:
 
     def path(self, key: str) -> str | None:
         """The file of a key (`None` for a memory-only store)."""
-        return None if self.root is None else os.path.join(self.root, key[:2], f"{key}.safetensors")
+        return None if self.root is None else key_path(self.root, key)
 
     def _on_disk(self, key: str) -> bool:
         path = self.path(key)

@@ -39,6 +39,7 @@ from ..model_structure import head_dim, text_config
 from ..packet import Packet
 from ..packet_file import _DTYPE_NAMES, KVLayout, load_packet, read_metadata
 from ..rope import rerotator_from_config
+from ..store import key_path
 from .transfer import PARAMS_KEY, PacketTransfer, VLLMConnectorError, block_slots
 
 if TYPE_CHECKING:
@@ -51,9 +52,11 @@ if TYPE_CHECKING:
 logger = init_logger(__name__)
 
 
-def packet_path(root: str, key: str) -> str:
-    """The file of a store key (`PacketStore.path`'s layout)."""
-    return os.path.join(root, key[:2], f"{key}.safetensors")
+def _failed(request: Any) -> bool:
+    return getattr(getattr(request, "status", None), "name", "") == "FINISHED_ERROR"
+
+
+packet_path = key_path  # the store's folder layout, shared with PacketStore.path
 
 
 @dataclass
@@ -113,6 +116,7 @@ class KVPacketConnector(KVConnectorBase_V1):
         self._checked: dict[str, PacketTransfer | None] = {}
         self._starts: dict[str, int] = {}
         self._pending: dict[str, tuple[PacketTransfer, int]] = {}
+        self._dispatched: dict[str, int] = {}  # request -> tokens its last load writes (result not yet reported)
         self._status: dict[str, dict[str, Any]] = {}
         # worker side
         self._kv_caches: dict[str, torch.Tensor] = {}
@@ -195,12 +199,14 @@ class KVPacketConnector(KVConnectorBase_V1):
             if new_req.req_id in self._pending:
                 t, start = self._pending.pop(new_req.req_id)
                 meta.loads.append(PacketLoad(new_req.req_id, t, start, list(new_req.block_ids[0])))
+                self._dispatched[new_req.req_id] = t.num_tokens - start
         cached = scheduler_output.scheduled_cached_reqs
         for i, req_id in enumerate(cached.req_ids):
             # a request resumed after preemption gets all its blocks anew: fill them again
             if req_id in self._pending and req_id in cached.resumed_req_ids and cached.new_block_ids[i] is not None:
                 t, start = self._pending.pop(req_id)
                 meta.loads.append(PacketLoad(req_id, t, start, list(cached.new_block_ids[i][0])))
+                self._dispatched[req_id] = t.num_tokens - start
         for req_id in list(self._pending):  # allocated but not scheduled this step: keep for the next one
             logger.debug("kvpacket: request %s allocated but not scheduled yet", req_id)
         return meta
@@ -208,7 +214,10 @@ class KVPacketConnector(KVConnectorBase_V1):
     def update_connector_output(self, connector_output: Any) -> None:
         worker_meta = getattr(connector_output, "kv_connector_worker_meta", None)
         if isinstance(worker_meta, PacketWorkerMetadata):
-            self._status.update(worker_meta.results)
+            for req_id, result in worker_meta.results.items():
+                if req_id in self._checked:  # results of requests already finished are dropped
+                    self._status[req_id] = result
+                    self._dispatched.pop(req_id, None)
 
     def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         req_id = request.request_id
@@ -216,9 +225,18 @@ class KVPacketConnector(KVConnectorBase_V1):
         self._starts.pop(req_id, None)
         self._pending.pop(req_id, None)
         status = self._status.pop(req_id, None)
+        dispatched = self._dispatched.pop(req_id, None)
         if status is None and t is None:
             return False, None
-        if status is None:  # finished (e.g. aborted) before its load ran
+        if status is None and dispatched is not None and not _failed(request):
+            # Finished in the step its load ran (e.g. max_tokens=1), whose worker result vLLM hands over after
+            # finishing requests. A failed load would have invalidated its blocks, which vLLM handles before
+            # finishing anything (recompute: the request runs again; "fail": it ends with an error status).
+            status = {"status": "loaded", "reason": "", "packet_tokens": t.num_tokens, "loaded_tokens": dispatched}
+        elif status is None and dispatched is not None:
+            status = {"status": "failed", "reason": "loading the packets failed (see the worker log)",
+                      "packet_tokens": t.num_tokens, "loaded_tokens": 0}
+        elif status is None:  # finished (e.g. aborted) before its load ran
             status = {"status": "not_loaded", "reason": "the request finished before its packets were loaded",
                       "packet_tokens": t.num_tokens, "loaded_tokens": 0}
         return False, {PARAMS_KEY: status}

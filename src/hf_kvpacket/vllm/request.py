@@ -135,13 +135,19 @@ class PacketPromptBuilder:
         return out
 
     def build(self, documents: Sequence[str], question: str) -> VLLMPrompt:
-        """The request for `documents` (texts, in prompt order) and `question`."""
+        """The request for `documents` (texts, in prompt order) and `question`, laid out by the template."""
         tok = self.store.tokenizer
         preamble = tok(self.template.preamble, add_special_tokens=True)["input_ids"] if self.template.preamble else []
         docs = [self.store.tokenize(self.template.document(d)) for d in documents]
         query = tok(self.template.query(question), add_special_tokens=False)["input_ids"]
+        return self.build_ids(preamble, docs, query)
+
+    def build_ids(self, preamble: Sequence[int], documents: Sequence[Sequence[int]],
+                  query: Sequence[int]) -> VLLMPrompt:
+        """The request for already tokenized parts: preamble (with any BOS), documents, query."""
         if not query:
             raise VLLMConnectorError("The query has no tokens; vLLM must compute at least one prompt token.")
+        preamble, docs = list(preamble), [list(d) for d in documents]
         entries = self._ensure_on_disk(self._preamble_store, [preamble]) if preamble else []
         entries += self._ensure_on_disk(self.store, docs) if docs else []
         if not entries:

@@ -90,7 +90,26 @@ def test_an_aborted_request_reports_it_was_not_loaded_and_leaves_no_state(env):
     _, params = conn.request_finished(request, [])  # aborted before its first step
     assert params[PARAMS_KEY]["status"] == "not_loaded"
     assert conn.build_connector_meta(_sched(new=[("r1", [1, 2, 3])])).loads == []
-    assert not (conn._checked or conn._pending or conn._starts or conn._status)
+    assert not (conn._checked or conn._pending or conn._starts or conn._status or conn._dispatched)
+
+
+def test_a_request_finishing_in_its_load_step_reports_the_load_and_late_results_are_dropped(env):
+    """vLLM finishes requests (e.g. max_tokens=1) before it hands the connector that step's worker results."""
+    conn, req, request = env
+    n = req.num_packet_tokens
+    conn.get_num_new_matched_tokens(request, 0)
+    conn.update_state_after_alloc(request, None, n)
+    conn.build_connector_meta(_sched(new=[("r1", [1, 2, 3, 4, 5, 6])]))
+    st = conn.request_finished(NS(**vars(request), status=NS(name="FINISHED_LENGTH_CAPPED")), [])[1][PARAMS_KEY]
+    assert st == {"status": "loaded", "reason": "", "packet_tokens": n, "loaded_tokens": n}
+    conn.update_connector_output(NS(kv_connector_worker_meta=PacketWorkerMetadata({"r1": {"status": "loaded"}})))
+    assert not (conn._checked or conn._pending or conn._starts or conn._status or conn._dispatched)
+    # with kv_load_failure_policy="fail" a failed load ends the request with an error status
+    conn.get_num_new_matched_tokens(request, 0)
+    conn.update_state_after_alloc(request, None, n)
+    conn.build_connector_meta(_sched(new=[("r1", [1, 2, 3, 4, 5, 6])]))
+    st = conn.request_finished(NS(**vars(request), status=NS(name="FINISHED_ERROR")), [])[1][PARAMS_KEY]
+    assert st["status"] == "failed"
 
 
 def test_requests_without_packets_are_left_alone(env):
