@@ -43,6 +43,14 @@ def _sched(new=(), cached=()):
                                        new_block_ids=[(b,) for _, b in cached]))
 
 
+def _allocate_and_schedule(conn, req, request, blocks=(1, 2, 3, 4, 5, 6)):
+    """One scheduling step of a new request: offered tokens, block allocation, metadata for the worker."""
+    n = req.num_packet_tokens
+    conn.get_num_new_matched_tokens(request, 0)
+    conn.update_state_after_alloc(request, None, n)
+    return conn.build_connector_meta(_sched(new=[(request.request_id, list(blocks))])).loads
+
+
 def test_new_request_offers_its_packet_tokens_and_loads_into_its_blocks(env):
     conn, req, request = env
     n = req.num_packet_tokens
@@ -73,9 +81,7 @@ def test_a_prefix_cache_hit_loads_only_the_rest(env):
 def test_a_preempted_request_is_filled_again_in_its_new_blocks(env):
     conn, req, request = env
     n = req.num_packet_tokens
-    conn.get_num_new_matched_tokens(request, 0)
-    conn.update_state_after_alloc(request, None, n)
-    conn.build_connector_meta(_sched(new=[("r1", [1, 2, 3, 4, 5, 6])]))
+    _allocate_and_schedule(conn, req, request)
     # preempted: blocks freed; rescheduled from the waiting queue with all-new blocks
     assert conn.get_num_new_matched_tokens(request, 0) == (n, False)
     conn.update_state_after_alloc(request, None, n)
@@ -97,17 +103,13 @@ def test_a_request_finishing_in_its_load_step_reports_the_load_and_late_results_
     """vLLM finishes requests (e.g. max_tokens=1) before it hands the connector that step's worker results."""
     conn, req, request = env
     n = req.num_packet_tokens
-    conn.get_num_new_matched_tokens(request, 0)
-    conn.update_state_after_alloc(request, None, n)
-    conn.build_connector_meta(_sched(new=[("r1", [1, 2, 3, 4, 5, 6])]))
+    _allocate_and_schedule(conn, req, request)
     st = conn.request_finished(NS(**vars(request), status=NS(name="FINISHED_LENGTH_CAPPED")), [])[1][PARAMS_KEY]
     assert st == {"status": "loaded", "reason": "", "packet_tokens": n, "loaded_tokens": n}
     conn.update_connector_output(NS(kv_connector_worker_meta=PacketWorkerMetadata({"r1": {"status": "loaded"}})))
     assert not (conn._checked or conn._pending or conn._starts or conn._status or conn._dispatched)
     # with kv_load_failure_policy="fail" a failed load ends the request with an error status
-    conn.get_num_new_matched_tokens(request, 0)
-    conn.update_state_after_alloc(request, None, n)
-    conn.build_connector_meta(_sched(new=[("r1", [1, 2, 3, 4, 5, 6])]))
+    _allocate_and_schedule(conn, req, request)
     st = conn.request_finished(NS(**vars(request), status=NS(name="FINISHED_ERROR")), [])[1][PARAMS_KEY]
     assert st["status"] == "failed"
 
