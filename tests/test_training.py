@@ -243,9 +243,10 @@ def test_trainer_runs_unchanged_under_accelerate_launch_ddp(tmp_path):
     assert not torch.equal(init.header, final.header) and torch.equal(final.header, ranks[0]["header"])
 
 
-def test_teacher_query_targets_match_a_plain_forward():
-    """`TeacherConfig(query_targets=True)` stores the teacher's top-k at the query positions predicting tokens
-    2..Q, and leaves the answer targets as without the option."""
+def test_teacher_targets_match_a_plain_forward():
+    """The teacher's top-k at the answer positions (from `generate`'s logits) equal a plain forward over prompt +
+    answer; `TeacherConfig(query_targets=True)` adds the top-k at the query positions predicting tokens 2..Q and
+    leaves the answer targets as without the option."""
     from hf_kvpacket.training.teacher import TeacherConfig, teacher_answers
 
     model = build("llama")
@@ -258,7 +259,12 @@ def test_teacher_query_targets_match_a_plain_forward():
                           atol=1e-5)
     assert len(rec["query_topk_ids"]) == len(QUERY) - 1
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([prompt])).logits[0].float()
+        logits = model(input_ids=torch.tensor([prompt + rec["teacher_ids"]])).logits[0].float()
+    # answer targets read from generate's logits == a plain forward over prompt + answer (no second teacher pass)
+    answer = torch.log_softmax(logits[len(prompt) - 1: -1], -1)
+    assert answer.argmax(-1).tolist() == rec["teacher_ids"]
+    assert rec["teacher_topk_ids"] == answer.topk(5, -1).indices.tolist()
+    assert torch.allclose(torch.tensor(rec["teacher_topk_logprobs"]), answer.topk(5, -1).values, atol=1e-5)
     q0 = len(prompt) - len(QUERY)
     expected = torch.log_softmax(logits[q0: len(prompt) - 1], -1).topk(5, -1)
     assert rec["query_topk_ids"] == expected.indices.tolist()
@@ -289,3 +295,69 @@ def test_frozen_document_student_equals_the_block_diagonal_student(arch):
         (got[valid].sum()).backward()
     assert frozen.adapter.header.grad is None and not frozen.adapter.header.requires_grad
     assert torch.allclose(frozen.adapter.trailer.grad, adapter.trailer.grad, atol=1e-9, rtol=0)
+
+
+def test_answer_check_scores_the_packet_cache_answers_and_restores_the_model():
+    """`AnswerCheck` answers through `PacketCache` + `generate` (float32) and compares with the teacher's answer:
+    rows whose teacher answer *is* the KV Packet answer score fidelity 1; the student's dtype comes back unchanged."""
+    import datasets
+
+    from hf_kvpacket.training import AnswerCheck
+    from tiny_models import ToyTokenizer
+
+    model = build("llama").to(torch.bfloat16)
+    weights = model.lm_head.weight.detach().clone()
+    adapter = PacketAdapter.for_model(model, 3, 2)
+    tok = ToyTokenizer()
+    docs_sets = [DOCS, DOCS[:2], DOCS[1:]]
+    rows = []
+    import copy
+
+    fp32 = copy.deepcopy(model).float()  # the weights the check runs on: the student's, in float32
+    for docs in docs_sets:
+        packets = encode_packets(fp32, docs, adapter=adapter)
+        cache = PacketCache.from_packets(packets, model=fp32, preamble=PREAMBLE)
+        out = fp32.generate(**cache.inputs_for(QUERY), max_new_tokens=3, do_sample=False, pad_token_id=0)
+        ans = out[0, -3:].tolist()
+        rows.append({**row(docs, ans), "answers": [tok.decode(ans)]})
+    check = AnswerCheck(datasets.Dataset.from_list(rows), tok, max_new_tokens=3)
+    got = check(model, adapter)
+    assert got == {"answer_fidelity": 1.0, "answer_f1": 1.0, "first_token_agreement": 1.0}
+    assert next(model.parameters()).dtype == torch.bfloat16 and torch.equal(model.lm_head.weight, weights)
+    assert adapter.header.dtype == torch.float32  # the check encoded with a copy
+    wrong = [{**r, "teacher_ids": [(t + 1) % 100 + 1 for t in r["teacher_ids"]]} for r in rows]
+    assert AnswerCheck(datasets.Dataset.from_list(wrong), tok, max_new_tokens=3)(model, adapter)[
+        "first_token_agreement"] == 0.0
+
+
+def test_train_cli_logs_answer_checks_and_selects_on_fidelity(tmp_path):
+    """`--answer-check N --select-on fidelity`: every evaluation logs greedy-answer metrics, the no-adapter check is
+    kept in the work dir, and the exported best checkpoint is the one with the highest fidelity."""
+    import json
+
+    from hf_kvpacket.training.cli import export_best, train_adapter
+    from hf_kvpacket.training.curves import load_chain, plot_learning_curves
+    from tiny_models import ToyTokenizer
+
+    mt = (build("llama"), ToyTokenizer())
+    train_adapter(model="tiny-llama", task="biography", output=str(tmp_path / "bio"), num_train=6, num_val=3,
+                  batch_size=2, grad_accum=1, max_steps=2, eval_steps=1, max_context_tokens=200, max_new_tokens=3,
+                  header=2, trailer=2, dtype="float32", no_progress=True, model_and_tokenizer=mt, lr=3e-2,
+                  answer_check=2, select_on="fidelity")
+    log = json.loads((tmp_path / "bio" / "training_log.json").read_text())
+    checks = [h for h in log["log_history"] if "eval_answer_fidelity" in h]
+    assert [h["step"] for h in checks][:3] == [0, 1, 2]
+    assert all(0 <= h["eval_answer_fidelity"] <= 1 and 0 <= h["eval_first_token_agreement"] <= 1 for h in checks)
+    ref = json.loads((tmp_path / "bio.work" / "no_adapter_answers.json").read_text())
+    assert ref["num_rows"] == 2 and log["training_args"]["no_adapter_answers"] == ref["metrics"]
+    best = export_best(str(tmp_path / "bio.work"), str(tmp_path / "exported"))
+    fid = {h["step"]: h["eval_answer_fidelity"] for h in checks[:3]}
+    assert fid[int(best.rsplit("-", 1)[1])] == max(fid[1], fid[2])
+    exported = json.loads((tmp_path / "exported" / "training_log.json").read_text())["training_args"]
+    assert exported["answer_fidelity_curve"][0] == [0, fid[0]] and exported["no_adapter_answers"] == ref["metrics"]
+    run = load_chain(str(tmp_path / "bio"))[-1]
+    assert run.answer_fidelity[:3] == sorted(fid.items()) and run.no_adapter_fidelity == ref["metrics"]["answer_fidelity"]
+    assert plot_learning_curves([str(tmp_path / "bio")], str(tmp_path / "lc.png"))
+    with pytest.raises(ValueError, match="answer_check"):
+        train_adapter(model="tiny-llama", task="biography", output=str(tmp_path / "x"), select_on="fidelity",
+                      model_and_tokenizer=mt, num_train=2, num_val=1, max_steps=1, dtype="float32", no_progress=True)

@@ -67,6 +67,8 @@ class MethodResult:
     prepare_s:
         Untimed set-up before TTFT starts: encoding this example's packets when they were not resident yet (the
         encode-once cost a store pays on a miss).
+    answer_ids:
+        The generated token ids, special tokens included (e.g. to compare first tokens with a reference answer).
     """
 
     answer_text: str
@@ -78,6 +80,7 @@ class MethodResult:
     new_tokens: int = 0
     total_s: float = 0.0
     prepare_s: float = 0.0
+    answer_ids: tuple[int, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -206,6 +209,7 @@ class BaselineMethod:
             new_tokens=int(new.numel()),
             total_s=end - start,
             prepare_s=prepare_s,
+            answer_ids=tuple(new.tolist()),
         )
 
     # ------------------------------------------------------------------ helpers for subclasses

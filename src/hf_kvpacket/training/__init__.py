@@ -1,5 +1,6 @@
 """Adapter training by self-supervised distillation (teacher: joint prompt; student: independent wrapped packets)."""
 
+from .answer_check import AnswerCheck
 from .collator import DistillationCollator
 from .frozen import FrozenDocumentStudent
 from .model import PacketDistillationModel, distillation_loss
@@ -7,6 +8,7 @@ from .teacher import TeacherConfig, build_teacher_dataset, tokenize_example
 from .trainer import PacketDistillationTrainer
 
 __all__ = [
+    "AnswerCheck",
     "DistillationCollator",
     "FrozenDocumentStudent",
     "PacketDistillationModel",

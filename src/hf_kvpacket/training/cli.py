@@ -45,6 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (e.g. 1 to leave the other core free); default: torch's own choice")
     p.add_argument("--eval-steps", type=int, default=25)
+    p.add_argument("--answer-check", type=int, default=32,
+                   help="at every evaluation also answer this many validation rows greedily through the product path "
+                        "(float32) and log fidelity to the teacher, F1 and first-token agreement; 0: KL only")
+    p.add_argument("--select-on", default="kl", choices=["kl", "fidelity"],
+                   help="the checkpoint kept as best: lowest validation KL, or highest answer fidelity (--answer-check)")
     p.add_argument("--max-steps", type=int, default=-1)
     p.add_argument("--resume", action="store_true", help="resume from the last checkpoint in the work dir")
     p.add_argument("--init-from", default=None,
@@ -67,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def export_best(work_dir: str, output: str, task: str | None = None, eval_results: dict | None = None) -> str:
-    """Copy the best checkpoint (lowest validation KL so far) of a run to `output` as an adapter with its card."""
+    """Copy the best checkpoint (lowest validation KL, or highest answer fidelity with `--select-on fidelity`) of a run to `output` as an adapter with its card."""
     from ..adapter import PacketAdapter
 
     ckpt_dir = os.path.join(work_dir, "checkpoints")
@@ -80,12 +85,21 @@ def export_best(work_dir: str, output: str, task: str | None = None, eval_result
     best = os.path.join(ckpt_dir, os.path.basename(best))
     adapter = PacketAdapter.from_pretrained(best)
     evals = [h for h in state["log_history"] if "eval_loss" in h]
+    answers = [h for h in state["log_history"] if "eval_answer_fidelity" in h]
+    best_step = int(os.path.basename(best).split("-")[1])
+    best_kl = next((h["eval_loss"] for h in evals if h["step"] == best_step), state.get("best_metric"))
     training_args = {"task": task or adapter.config.task, "checkpoint": os.path.basename(best),
-                     "steps_run": state.get("global_step"), "best_val_kl": state.get("best_metric"),
+                     "steps_run": state.get("global_step"), "best_val_kl": best_kl,
                      "val_kl_curve": [(h["step"], round(h["eval_loss"], 4)) for h in evals]}
+    if answers:
+        training_args["answer_fidelity_curve"] = [(h["step"], h["eval_answer_fidelity"]) for h in answers]
+        training_args["answer_f1_curve"] = [(h["step"], h["eval_answer_f1"]) for h in answers]
     reference = _stored_reference(work_dir)
     if reference is not None:
         training_args["no_adapter_val_kl"] = reference
+    if os.path.exists(os.path.join(work_dir, ANSWERS_REFERENCE_FILE)):
+        with open(os.path.join(work_dir, ANSWERS_REFERENCE_FILE)) as f:
+            training_args["no_adapter_answers"] = json.load(f)["metrics"]
     adapter.save_pretrained(output, training_args=training_args, eval_results=eval_results,
                             datasets=[training_args["task"]] if training_args["task"] else None)
     _write_log(output, work_dir, training_args, state["log_history"])
@@ -116,6 +130,24 @@ def _reference_kl(work_dir: str, base: Any, val: Any, pad: int, batch_size: int,
         json.dump({"no_adapter_val_kl": value, "num_val": len(val)}, f)
     os.replace(path + ".tmp", path)
     return value
+
+
+ANSWERS_REFERENCE_FILE = "no_adapter_answers.json"
+
+
+def _reference_answers(work_dir: str, base: Any, check: Any) -> dict[str, float]:
+    """The answer check without adapter (plain packets: no recompute), computed once per work dir."""
+    path = os.path.join(work_dir, ANSWERS_REFERENCE_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+        if stored.get("num_rows") == len(check.rows):
+            return stored["metrics"]
+    metrics = {k: round(v, 4) for k, v in check(base, None).items()}
+    with open(path + ".tmp", "w") as f:
+        json.dump({"metrics": metrics, "num_rows": len(check.rows)}, f)
+    os.replace(path + ".tmp", path)
+    return metrics
 
 
 def _write_log(output: str, work_dir: str, training_args: dict[str, Any], history: list[dict[str, Any]]) -> None:
@@ -162,12 +194,15 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
                   trailer: int = 8, loss: str = "kl", dtype: str = "auto", eval_steps: int = 25,
                   max_steps: int = -1, resume: bool = False, no_progress: bool = False,
                   init_from: str | None = None, teacher_from: str | None = None, query_weight: float = 0.0,
-                  teacher_dtype: str = "float32", student: str = "full", model_and_tokenizer: tuple[Any, Any] | None = None) -> dict[str, Any]:
+                  teacher_dtype: str = "float32", student: str = "full", answer_check: int = 0,
+                  select_on: str = "kl", model_and_tokenizer: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """Teacher answers (cached) -> distillation with a linear-decay schedule -> best adapter (lowest held-out KL).
 
     `init_from` warm-starts from an existing adapter (same model and slot counts); `teacher_from` reuses the teacher
     answers stored in another run's work dir, keeping the rows of `task` (so per-task adapters can be fine-tuned from
     a mixture run without a second teacher pass). Validation rows stay the first `num_val` rows of that data.
+    `answer_check` > 0 answers that many validation rows greedily at every evaluation (:class:`AnswerCheck`);
+    `select_on="fidelity"` then keeps the checkpoint whose answers agree most with the teacher's.
     """
     from transformers import TrainingArguments
 
@@ -240,6 +275,15 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
         raise ValueError(f"--query-weight needs teacher rows with query targets; {teacher_from or work_dir} has none "
                          "(build them in a new work dir with --query-weight set).")
     collator = DistillationCollator(header, trailer, pad_token_id=pad, query_weight=query_weight)
+    if select_on not in ("kl", "fidelity"):
+        raise ValueError(f"select_on must be 'kl' or 'fidelity', got {select_on!r}.")
+    if select_on == "fidelity" and answer_check <= 0:
+        raise ValueError("select_on='fidelity' needs answer_check > 0 (kvpacket train --answer-check N).")
+    check = None
+    if answer_check > 0:
+        from .answer_check import AnswerCheck
+
+        check = AnswerCheck(val.select(range(min(answer_check, len(val)))), tok, max_new_tokens=max_new_tokens)
     steps_per_epoch = math.ceil(len(train) / (batch_size * grad_accum))
     last = None
     ckpt_dir = os.path.join(work_dir, "checkpoints")
@@ -251,13 +295,15 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
         per_device_eval_batch_size=batch_size, gradient_accumulation_steps=grad_accum, learning_rate=lr,
         weight_decay=0.0, lr_scheduler_type="linear", warmup_steps=min(10, steps_per_epoch), num_train_epochs=epochs,
         max_steps=max_steps, eval_strategy="steps", eval_steps=eval_steps, save_strategy="steps",
-        save_steps=eval_steps, save_total_limit=3, load_best_model_at_end=True, metric_for_best_model="eval_loss",
-        greater_is_better=False, logging_steps=5, eval_on_start=last is None, remove_unused_columns=False, report_to=[], use_cpu=True,
+        save_steps=eval_steps, save_total_limit=3, load_best_model_at_end=True,
+        metric_for_best_model="eval_loss" if select_on == "kl" else "eval_answer_fidelity",
+        greater_is_better=select_on != "kl", logging_steps=5, eval_on_start=last is None, remove_unused_columns=False, report_to=[], use_cpu=True,
         dataloader_num_workers=0, disable_tqdm=no_progress, seed=seed, label_names=["labels"],
     )
     trainer = PacketDistillationTrainer(model=wrapper, args=targs, train_dataset=train, eval_dataset=val,
-                                        data_collator=collator)
+                                        data_collator=collator, answer_check=check)
     reference = _reference_kl(work_dir, base, val, pad, batch_size, loss)
+    answers_reference = _reference_answers(work_dir, base, check) if check is not None else None
     start = time.time()
     trainer.train(resume_from_checkpoint=last)
     metrics = trainer.evaluate()
@@ -266,7 +312,8 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
                      "effective_batch": batch_size * grad_accum, "schedule": "linear decay", "loss": loss,
                      "query_weight": query_weight, "max_context_tokens": max_context_tokens, "teacher_max_new_tokens": max_new_tokens,
                      "dtype": dtype, "student": student, "init_from": init_from, "teacher_from": teacher_from, "best_val_kl": metrics.get("eval_loss"),
-                     "no_adapter_val_kl": reference, "steps": trainer.state.global_step,
+                     "no_adapter_val_kl": reference, "no_adapter_answers": answers_reference, "select_on": select_on,
+                     "steps": trainer.state.global_step,
                      "train_minutes": round((time.time() - start) / 60, 1)}
     adapter.save_pretrained(output, training_args=training_args, datasets=[task])
     _write_log(output, work_dir, training_args, history)

@@ -34,6 +34,9 @@ class Run:
     lr: float | None
     val_kl: list[tuple[int, float]] = field(default_factory=list)
     no_adapter_kl: float | None = None  # the same validation rows without soft tokens (no recompute)
+    # greedy answers of the first validation rows at each evaluation (`--answer-check`): fidelity to the teacher
+    answer_fidelity: list[tuple[int, float]] = field(default_factory=list)
+    no_adapter_fidelity: float | None = None
 
     @property
     def steps(self) -> int:
@@ -51,9 +54,15 @@ def load_chain(adapter_dir: str) -> list[Run]:
         dedup: dict[int, float] = {}
         for step, kl in evals:  # the closing evaluation of the best checkpoint repeats the last step: keep the first
             dedup.setdefault(step, kl)
+        fid: dict[int, float] = {}
+        for h in log.get("log_history", []):
+            if "eval_answer_fidelity" in h:
+                fid.setdefault(int(h["step"]), float(h["eval_answer_fidelity"]))
         chain.append(Run(task=args.get("task", "?"), effective_batch=int(args.get("effective_batch", 4)),
                          num_train=args.get("num_train"), num_val=args.get("num_val"), lr=args.get("lr"),
-                         val_kl=sorted(dedup.items()), no_adapter_kl=args.get("no_adapter_val_kl")))
+                         val_kl=sorted(dedup.items()), no_adapter_kl=args.get("no_adapter_val_kl"),
+                         answer_fidelity=sorted(fid.items()),
+                         no_adapter_fidelity=(args.get("no_adapter_answers") or {}).get("answer_fidelity")))
         log = log.get("previous")
     return chain[::-1]
 
@@ -69,11 +78,14 @@ def plot_learning_curves(adapter_dirs: Sequence[str], path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for adapter_dir in adapter_dirs:
+    chains = {d: load_chain(d) for d in adapter_dirs}
+    with_answers = any(run.answer_fidelity for chain in chains.values() for run in chain)
+    fig, axes = plt.subplots(1, 2 if with_answers else 1, figsize=(13 if with_answers else 7.5, 4.5), squeeze=False)
+    ax = axes[0][0]
+    for adapter_dir, chain in chains.items():
         offset = 0
         color = None
-        for i, run in enumerate(load_chain(adapter_dir)):
+        for i, run in enumerate(chain):
             xs = [offset + s * run.effective_batch for s, _ in run.val_kl]
             ys = [kl for _, kl in run.val_kl]
             (line,) = ax.plot(xs, ys, marker="o", markersize=3, color=color,
@@ -83,7 +95,22 @@ def plot_learning_curves(adapter_dirs: Sequence[str], path: str) -> str:
             if run.no_adapter_kl is not None:
                 ax.hlines(run.no_adapter_kl, xs[0], max(xs[-1], xs[0] + 1), colors=color, linestyles=":",
                           label=f"{_label(adapter_dir)}: no adapter" if i == 0 else None)
+            if with_answers and run.answer_fidelity:
+                fx = [offset + s * run.effective_batch for s, _ in run.answer_fidelity]
+                axes[0][1].plot(fx, [v for _, v in run.answer_fidelity], marker="o", markersize=3, color=color,
+                                linestyle="-" if i % 2 == 0 else "--", label=_label(adapter_dir))
+                if run.no_adapter_fidelity is not None:
+                    axes[0][1].hlines(run.no_adapter_fidelity, fx[0], max(fx[-1], fx[0] + 1), colors=color,
+                                      linestyles=":", label=f"{_label(adapter_dir)}: no adapter")
             offset += run.steps * run.effective_batch
+    if with_answers:
+        right = axes[0][1]
+        right.set_xlabel("training samples seen (cumulative over warm-started runs)")
+        right.set_ylabel("greedy answer fidelity to full recompute (token F1)")
+        right.set_title("Greedy answers of the first validation rows at each evaluation\n"
+                        "(PacketCache + generate, float32; dotted: no adapter)", fontsize=10)
+        right.grid(True, alpha=0.3)
+        right.legend(fontsize=8)
     ax.set_xlabel("training samples seen (cumulative over warm-started runs)")
     ax.set_ylabel("held-out KL (teacher || student), answer tokens")
     ax.set_title("Adapter learning curves (each segment: one run, on its own validation rows;\n"

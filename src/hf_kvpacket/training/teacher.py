@@ -55,36 +55,46 @@ def tokenize_example(
 @torch.no_grad()
 def teacher_answers(model: Any, prompts: list[list[int]], cfg: TeacherConfig, eos_ids: set[int],
                     pad_id: int, query_lens: list[int] | None = None) -> list[dict[str, Any]]:
-    """Greedy answers for a batch of prompts (left-padded), and top-k log-probs at the positions that predict each
-    answer token (one forward per row over prompt + answer).
+    """Greedy answers for `prompts` and the teacher's top-k log-probs at the positions that predict each answer token,
+    read from `generate`'s own logits: one prefill and one decode per row, no second forward over prompt + answer.
 
     With `cfg.query_targets` (and `query_lens`, the query's length per prompt), also the top-k at the positions
-    inside the query that predict its tokens 2..Q (`query_topk_ids`, `query_topk_logprobs`)."""
+    inside the query that predict its tokens 2..Q (`query_topk_ids`, `query_topk_logprobs`), kept from the prefill.
+
+    Rows run one at a time: on CPU a padded batch costs as much as its rows, and unpadded rows need no attention mask.
+    `pad_id` is what `generate` pads finished rows with (unused with one row, kept for the caller's contract).
+    """
+    from transformers import DynamicCache
+
+    from ..compat import cache_kwargs
+
     device = model.get_input_embeddings().weight.device
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p)
-        mask[i, width - len(p):] = 1
-    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=cfg.max_new_tokens,
-                         do_sample=False, pad_token_id=pad_id)
     results = []
     for i, prompt in enumerate(prompts):
-        answer = out[i, width:].tolist()
-        for j, t in enumerate(answer):  # keep the first end-of-turn token, drop padding after it
+        ids = torch.tensor([prompt], device=device)
+        n_query = max(query_lens[i] - 1, 0) if cfg.query_targets and query_lens is not None else 0
+        # Prefill all but the last prompt token, keeping the logits of the query positions; generate() then runs the
+        # last prompt token (whose logits predict the first answer token) and the decode steps over this cache.
+        cache = DynamicCache(config=model.config)
+        query_logits = None
+        if len(prompt) > 1:
+            out = model(input_ids=ids[:, :-1], use_cache=True, logits_to_keep=max(n_query, 1), **cache_kwargs(cache))
+            query_logits = out.logits[0, -n_query:].float() if n_query else None
+        gen = model.generate(input_ids=ids, max_new_tokens=cfg.max_new_tokens, do_sample=False, pad_token_id=pad_id,
+                             output_logits=True, return_dict_in_generate=True, **cache_kwargs(cache))
+        answer = gen.sequences[0, len(prompt):].tolist()
+        for j, t in enumerate(answer):  # keep the first end-of-turn token
             if t in eos_ids:
                 answer = answer[: j + 1]
                 break
-        full = torch.tensor([prompt + answer], device=device)
-        n_query = max(query_lens[i] - 1, 0) if cfg.query_targets and query_lens is not None else 0
-        logits = model(input_ids=full, logits_to_keep=len(answer) + n_query + 1).logits[0, :-1].float()
-        top = torch.log_softmax(logits, -1).topk(cfg.top_k, dim=-1)
-        record = {"teacher_ids": answer, "teacher_topk_ids": top.indices[n_query:].tolist(),
-                  "teacher_topk_logprobs": top.values[n_query:].tolist()}
+        answer_logits = torch.cat([step[:1].float() for step in gen.logits[: len(answer)]])  # >= 1 step
+        top = torch.log_softmax(answer_logits, -1).topk(cfg.top_k, dim=-1)
+        record = {"teacher_ids": answer, "teacher_topk_ids": top.indices.tolist(),
+                  "teacher_topk_logprobs": top.values.tolist()}
         if cfg.query_targets:
-            record.update(query_topk_ids=top.indices[:n_query].tolist(),
-                          query_topk_logprobs=top.values[:n_query].tolist())
+            qtop = torch.log_softmax(query_logits, -1).topk(cfg.top_k, dim=-1) if query_logits is not None else None
+            record.update(query_topk_ids=qtop.indices.tolist() if qtop is not None else [],
+                          query_topk_logprobs=qtop.values.tolist() if qtop is not None else [])
         results.append(record)
     return results
 

@@ -17,7 +17,25 @@ class PacketDistillationTrainer(Trainer):
     Checkpoints hold the adapter artifact (`adapter_config.json`, `adapter_model.safetensors`) plus the optimizer,
     scheduler, RNG and data-order state Trainer saves, so `train(resume_from_checkpoint=True)` resumes exactly.
     Runs unchanged under `accelerate launch` (DDP): only the adapter's parameters have gradients.
+
+    `answer_check` (an :class:`~hf_kvpacket.training.AnswerCheck`) adds greedy-answer metrics to every evaluation
+    (`eval_answer_fidelity`, `eval_answer_f1`, `eval_first_token_agreement`), logged beside `eval_loss`; they can be
+    the checkpoint-selection metric (`metric_for_best_model="eval_answer_fidelity"`, `greater_is_better=True`).
     """
+
+    def __init__(self, *args: Any, answer_check: Any = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.answer_check = answer_check
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        metrics = super().evaluate(*args, **kwargs)
+        if self.answer_check is not None:
+            prefix = kwargs.get("metric_key_prefix", "eval")
+            model = self.accelerator.unwrap_model(self.model)
+            extra = {f"{prefix}_{k}": round(v, 4) for k, v in self.answer_check(model.model, model.adapter).items()}
+            self.log(extra)
+            metrics.update(extra)  # the dict Trainer picks the best checkpoint from
+        return metrics
 
     def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
         output_dir = output_dir or self.args.output_dir
