@@ -347,6 +347,8 @@ def test_train_cli_logs_answer_checks_and_selects_on_fidelity(tmp_path):
     log = json.loads((tmp_path / "bio" / "training_log.json").read_text())
     checks = [h for h in log["log_history"] if "eval_answer_fidelity" in h]
     assert [h["step"] for h in checks][:3] == [0, 1, 2]
+    hours = [h["wall_hours"] for h in log["log_history"]]
+    assert hours == sorted(hours) and 0 < hours[-1] < 1  # compute spent, for curves against core-hours
     assert all(0 <= h["eval_answer_fidelity"] <= 1 and 0 <= h["eval_first_token_agreement"] <= 1 for h in checks)
     ref = json.loads((tmp_path / "bio.work" / "no_adapter_answers.json").read_text())
     assert ref["num_rows"] == 2 and log["training_args"]["no_adapter_answers"] == ref["metrics"]

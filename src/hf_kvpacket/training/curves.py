@@ -37,6 +37,7 @@ class Run:
     # greedy answers of the first validation rows at each evaluation (`--answer-check`): fidelity to the teacher
     answer_fidelity: list[tuple[int, float]] = field(default_factory=list)
     no_adapter_fidelity: float | None = None
+    hours: float | None = None  # wall-clock hours the run trained and evaluated (`wall_hours`; older logs: None)
 
     @property
     def steps(self) -> int:
@@ -62,7 +63,9 @@ def load_chain(adapter_dir: str) -> list[Run]:
                          num_train=args.get("num_train"), num_val=args.get("num_val"), lr=args.get("lr"),
                          val_kl=sorted(dedup.items()), no_adapter_kl=args.get("no_adapter_val_kl"),
                          answer_fidelity=sorted(fid.items()),
-                         no_adapter_fidelity=(args.get("no_adapter_answers") or {}).get("answer_fidelity")))
+                         no_adapter_fidelity=(args.get("no_adapter_answers") or {}).get("answer_fidelity"),
+                         hours=max((h["wall_hours"] for h in log.get("log_history", []) if "wall_hours" in h),
+                                   default=None)))
         log = log.get("previous")
     return chain[::-1]
 
@@ -125,9 +128,10 @@ def plot_learning_curves(adapter_dirs: Sequence[str], path: str) -> str:
 
 
 def learning_curves_markdown(adapter_dirs: Sequence[str]) -> str:
-    """One row per run: adapter, task, samples, validation rows, lr, KL without adapter, at the start, best, last."""
-    lines = ["| adapter | run | task | train rows | val rows | lr | samples seen | val KL no adapter | start | best "
-             "| last |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    """One row per run: adapter, task, samples, hours, validation rows, lr, KL without adapter, at the start, best,
+    last."""
+    lines = ["| adapter | run | task | train rows | val rows | lr | samples seen | hours | val KL no adapter | start "
+             "| best | last |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for adapter_dir in adapter_dirs:
         for i, run in enumerate(load_chain(adapter_dir), 1):
             kls = [kl for _, kl in run.val_kl]
@@ -136,6 +140,7 @@ def learning_curves_markdown(adapter_dirs: Sequence[str]) -> str:
             lines.append(f"| `{_label(adapter_dir)}` | {i} | {run.task} | {run.num_train or '?'} | "
                          f"{run.num_val or '?'} | {run.lr if run.lr is not None else '?'} | "
                          f"{run.steps * run.effective_batch} | "
+                         f"{'?' if run.hours is None else f'{run.hours:.2f}'} | "
                          f"{'?' if run.no_adapter_kl is None else f'{run.no_adapter_kl:.4f}'} | "
                          f"{kls[0]:.4f} | {min(kls):.4f} | {kls[-1]:.4f} |")
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import torch
@@ -21,11 +22,26 @@ class PacketDistillationTrainer(Trainer):
     `answer_check` (an :class:`~hf_kvpacket.training.AnswerCheck`) adds greedy-answer metrics to every evaluation
     (`eval_answer_fidelity`, `eval_answer_f1`, `eval_first_token_agreement`), logged beside `eval_loss`; they can be
     the checkpoint-selection metric (`metric_for_best_model="eval_answer_fidelity"`, `greater_is_better=True`).
+
+    Every log entry also carries `wall_hours`: hours this run has trained and evaluated, summed over resumed
+    sessions (with `--threads 1`, core-hours), so learning curves can be drawn against compute as well as samples.
     """
 
     def __init__(self, *args: Any, answer_check: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.answer_check = answer_check
+        self._clock_start = time.time()
+        self._hours_before: float | None = None
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        self._clock_start, self._hours_before = time.time(), None
+        return super().train(*args, **kwargs)
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self._hours_before is None:  # first log of this process: a resumed run's history is loaded by now
+            self._hours_before = max((h.get("wall_hours", 0.0) for h in self.state.log_history), default=0.0)
+        logs = {**logs, "wall_hours": round(self._hours_before + (time.time() - self._clock_start) / 3600, 4)}
+        super().log(logs, *args, **kwargs)
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         metrics = super().evaluate(*args, **kwargs)
