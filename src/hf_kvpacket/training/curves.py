@@ -74,6 +74,26 @@ def _label(adapter_dir: str) -> str:
     return os.path.basename(os.path.normpath(adapter_dir))
 
 
+def _segment(ax: Any, points: list[tuple[int, float]], reference: float | None, offset: int, batch: int, i: int,
+             color: Any, label: str) -> Any:
+    """One run's curve (x: samples seen over the chain) and its no-adapter line; returns the chain's colour."""
+    xs = [offset + step * batch for step, _ in points]
+    (line,) = ax.plot(xs, [v for _, v in points], marker="o", markersize=3, color=color,
+                      linestyle="-" if i % 2 == 0 else "--", label=label if i == 0 else None)
+    if reference is not None:
+        ax.hlines(reference, xs[0], max(xs[-1], xs[0] + 1), colors=line.get_color(), linestyles=":",
+                  label=f"{label}: no adapter" if i == 0 else None)
+    return line.get_color()
+
+
+def _style(ax: Any, ylabel: str, title: str) -> None:
+    ax.set_xlabel("training samples seen (cumulative over warm-started runs)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def plot_learning_curves(adapter_dirs: Sequence[str], path: str) -> str:
     """Held-out KL vs training samples seen (cumulative over a chain), log-free linear axes. Returns `path`."""
     import matplotlib
@@ -84,42 +104,22 @@ def plot_learning_curves(adapter_dirs: Sequence[str], path: str) -> str:
     chains = {d: load_chain(d) for d in adapter_dirs}
     with_answers = any(run.answer_fidelity for chain in chains.values() for run in chain)
     fig, axes = plt.subplots(1, 2 if with_answers else 1, figsize=(13 if with_answers else 7.5, 4.5), squeeze=False)
-    ax = axes[0][0]
     for adapter_dir, chain in chains.items():
-        offset = 0
-        color = None
+        offset, color = 0, None
         for i, run in enumerate(chain):
-            xs = [offset + s * run.effective_batch for s, _ in run.val_kl]
-            ys = [kl for _, kl in run.val_kl]
-            (line,) = ax.plot(xs, ys, marker="o", markersize=3, color=color,
-                              linestyle="-" if i % 2 == 0 else "--",
-                              label=_label(adapter_dir) if i == 0 else None)
-            color = line.get_color()
-            if run.no_adapter_kl is not None:
-                ax.hlines(run.no_adapter_kl, xs[0], max(xs[-1], xs[0] + 1), colors=color, linestyles=":",
-                          label=f"{_label(adapter_dir)}: no adapter" if i == 0 else None)
+            color = _segment(axes[0][0], run.val_kl, run.no_adapter_kl, offset, run.effective_batch, i, color,
+                             _label(adapter_dir))
             if with_answers and run.answer_fidelity:
-                fx = [offset + s * run.effective_batch for s, _ in run.answer_fidelity]
-                axes[0][1].plot(fx, [v for _, v in run.answer_fidelity], marker="o", markersize=3, color=color,
-                                linestyle="-" if i % 2 == 0 else "--", label=_label(adapter_dir))
-                if run.no_adapter_fidelity is not None:
-                    axes[0][1].hlines(run.no_adapter_fidelity, fx[0], max(fx[-1], fx[0] + 1), colors=color,
-                                      linestyles=":", label=f"{_label(adapter_dir)}: no adapter")
+                _segment(axes[0][1], run.answer_fidelity, run.no_adapter_fidelity, offset, run.effective_batch, i,
+                         color, _label(adapter_dir))
             offset += run.steps * run.effective_batch
+    _style(axes[0][0], "held-out KL (teacher || student), answer tokens",
+           "Adapter learning curves (each segment: one run, on its own validation rows;\n"
+           "dotted: the same rows without adapter, i.e. no recompute)")
     if with_answers:
-        right = axes[0][1]
-        right.set_xlabel("training samples seen (cumulative over warm-started runs)")
-        right.set_ylabel("greedy answer fidelity to full recompute (token F1)")
-        right.set_title("Greedy answers of the first validation rows at each evaluation\n"
-                        "(PacketCache + generate, float32; dotted: no adapter)", fontsize=10)
-        right.grid(True, alpha=0.3)
-        right.legend(fontsize=8)
-    ax.set_xlabel("training samples seen (cumulative over warm-started runs)")
-    ax.set_ylabel("held-out KL (teacher || student), answer tokens")
-    ax.set_title("Adapter learning curves (each segment: one run, on its own validation rows;\n"
-                 "dotted: the same rows without adapter, i.e. no recompute)", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+        _style(axes[0][1], "greedy answer fidelity to full recompute (token F1)",
+               "Greedy answers of the first validation rows at each evaluation\n"
+               "(PacketCache + generate, float32; dotted: no adapter)")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
