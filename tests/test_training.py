@@ -357,6 +357,7 @@ def test_train_cli_logs_answer_checks_and_selects_on_fidelity(tmp_path):
     assert fid[int(best.rsplit("-", 1)[1])] == max(fid[1], fid[2])
     exported = json.loads((tmp_path / "exported" / "training_log.json").read_text())["training_args"]
     assert exported["answer_fidelity_curve"][0] == [0, fid[0]] and exported["no_adapter_answers"] == ref["metrics"]
+    assert exported["effective_batch"] == 2 and exported["lr"] == 3e-2  # from the checkpoint's TrainingArguments
     run = load_chain(str(tmp_path / "bio"))[-1]
     assert run.answer_fidelity[:3] == sorted(fid.items()) and run.no_adapter_fidelity == ref["metrics"]["answer_fidelity"]
     assert plot_learning_curves([str(tmp_path / "bio")], str(tmp_path / "lc.png"))

@@ -90,6 +90,7 @@ def export_best(work_dir: str, output: str, task: str | None = None, eval_result
     best_kl = next((h["eval_loss"] for h in evals if h["step"] == best_step), state.get("best_metric"))
     training_args = {"task": task or adapter.config.task, "checkpoint": os.path.basename(best),
                      "steps_run": state.get("global_step"), "best_val_kl": best_kl,
+                     **_trainer_settings(os.path.join(best, "training_args.bin")),
                      "val_kl_curve": [(h["step"], round(h["eval_loss"], 4)) for h in evals]}
     if answers:
         training_args["answer_fidelity_curve"] = [(h["step"], h["eval_answer_fidelity"]) for h in answers]
@@ -104,6 +105,15 @@ def export_best(work_dir: str, output: str, task: str | None = None, eval_result
                             datasets=[training_args["task"]] if training_args["task"] else None)
     _write_log(output, work_dir, training_args, state["log_history"])
     return best
+
+
+def _trainer_settings(path: str) -> dict[str, Any]:
+    """Effective batch and lr of a checkpoint's run (so an export's curve is drawn against samples seen)."""
+    if not os.path.exists(path):
+        return {}
+    targs = torch.load(path, weights_only=False)
+    return {"effective_batch": targs.per_device_train_batch_size * targs.gradient_accumulation_steps,
+            "lr": targs.learning_rate}
 
 
 REFERENCE_FILE = "no_adapter_val_kl.json"

@@ -110,8 +110,9 @@ def plot_learning_curves(adapter_dirs: Sequence[str], path: str) -> str:
             color = _segment(axes[0][0], run.val_kl, run.no_adapter_kl, offset, run.effective_batch, i, color,
                              _label(adapter_dir))
             if with_answers and run.answer_fidelity:
-                _segment(axes[0][1], run.answer_fidelity, run.no_adapter_fidelity, offset, run.effective_batch, i,
-                         color, _label(adapter_dir))
+                first = not any(r.answer_fidelity for r in chain[:i])  # label the chain's first segment drawn here
+                _segment(axes[0][1], run.answer_fidelity, run.no_adapter_fidelity, offset, run.effective_batch,
+                         0 if first else i, color, _label(adapter_dir))
             offset += run.steps * run.effective_batch
     _style(axes[0][0], "held-out KL (teacher || student), answer tokens",
            "Adapter learning curves (each segment: one run, on its own validation rows;\n"
