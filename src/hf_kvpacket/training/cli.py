@@ -98,9 +98,9 @@ def export_best(work_dir: str, output: str, task: str | None = None, eval_result
     reference = _stored_reference(work_dir)
     if reference is not None:
         training_args["no_adapter_val_kl"] = reference
-    if os.path.exists(os.path.join(work_dir, ANSWERS_REFERENCE_FILE)):
-        with open(os.path.join(work_dir, ANSWERS_REFERENCE_FILE)) as f:
-            training_args["no_adapter_answers"] = json.load(f)["metrics"]
+    answers_reference = _read_kept(work_dir, ANSWERS_REFERENCE_FILE)
+    if answers_reference is not None:
+        training_args["no_adapter_answers"] = answers_reference["metrics"]
     adapter.save_pretrained(output, training_args=training_args, eval_results=eval_results,
                             datasets=[training_args["task"]] if training_args["task"] else None)
     _write_log(output, work_dir, training_args, state["log_history"])
@@ -119,12 +119,26 @@ def _trainer_settings(path: str) -> dict[str, Any]:
 REFERENCE_FILE = "no_adapter_val_kl.json"
 
 
-def _stored_reference(work_dir: str) -> float | None:
-    path = os.path.join(work_dir, REFERENCE_FILE)
+def _read_kept(work_dir: str, name: str) -> dict[str, Any] | None:
+    """A no-adapter reference kept in the work dir (`None` when not computed yet)."""
+    path = os.path.join(work_dir, name)
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        return json.load(f)["no_adapter_val_kl"]
+        return json.load(f)
+
+
+def _keep(work_dir: str, name: str, payload: dict[str, Any]) -> None:
+    """Write a reference atomically, so an interrupted run never leaves half a file to resume from."""
+    path = os.path.join(work_dir, name)
+    with open(path + ".tmp", "w") as f:
+        json.dump(payload, f)
+    os.replace(path + ".tmp", path)
+
+
+def _stored_reference(work_dir: str) -> float | None:
+    stored = _read_kept(work_dir, REFERENCE_FILE)
+    return None if stored is None else stored["no_adapter_val_kl"]
 
 
 def _reference_kl(work_dir: str, base: Any, val: Any, pad: int, batch_size: int, loss: str) -> float:
@@ -134,11 +148,8 @@ def _reference_kl(work_dir: str, base: Any, val: Any, pad: int, batch_size: int,
     stored = _stored_reference(work_dir)
     if stored is not None:
         return stored
-    path = os.path.join(work_dir, REFERENCE_FILE)
     value = no_adapter_kl(base, val, pad_token_id=pad, batch_size=batch_size, loss_type=loss)
-    with open(path + ".tmp", "w") as f:
-        json.dump({"no_adapter_val_kl": value, "num_val": len(val)}, f)
-    os.replace(path + ".tmp", path)
+    _keep(work_dir, REFERENCE_FILE, {"no_adapter_val_kl": value, "num_val": len(val)})
     return value
 
 
@@ -147,16 +158,11 @@ ANSWERS_REFERENCE_FILE = "no_adapter_answers.json"
 
 def _reference_answers(work_dir: str, base: Any, check: Any) -> dict[str, float]:
     """The answer check without adapter (plain packets: no recompute), computed once per work dir."""
-    path = os.path.join(work_dir, ANSWERS_REFERENCE_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            stored = json.load(f)
-        if stored.get("num_rows") == len(check.rows):
-            return stored["metrics"]
+    stored = _read_kept(work_dir, ANSWERS_REFERENCE_FILE)
+    if stored is not None and stored.get("num_rows") == len(check.rows):
+        return stored["metrics"]
     metrics = {k: round(v, 4) for k, v in check(base, None).items()}
-    with open(path + ".tmp", "w") as f:
-        json.dump({"metrics": metrics, "num_rows": len(check.rows)}, f)
-    os.replace(path + ".tmp", path)
+    _keep(work_dir, ANSWERS_REFERENCE_FILE, {"metrics": metrics, "num_rows": len(check.rows)})
     return metrics
 
 
@@ -316,6 +322,8 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     answers_reference = _reference_answers(work_dir, base, check) if check is not None else None
     start = time.time()
     trainer.train(resume_from_checkpoint=last)
+    # The closing evaluation re-measures the best checkpoint's KL; its answers were checked at its own step already.
+    trainer.answer_check = None
     metrics = trainer.evaluate()
     history = [h for h in trainer.state.log_history]
     training_args = {"task": task, "num_train": len(train), "num_val": len(val), "epochs": epochs, "lr": lr,
