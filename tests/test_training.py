@@ -217,6 +217,29 @@ def test_train_cli_end_to_end_warm_start_and_teacher_reuse(tmp_path):
         PacketAdapter.from_pretrained(tmp_path / "exported").fingerprint
 
 
+def test_teacher_only_builds_rows_that_a_later_run_trains_on(tmp_path):
+    """`--teacher-only` makes a run's teacher rows and stops (no checkpoints); a later run reads them after another
+    run's rows with `teacher_from="a,b"`, so its validation rows stay the first run's."""
+    from hf_kvpacket.training.cli import load_teacher_dataset, train_adapter
+    from tiny_models import ToyTokenizer
+
+    mt = (build("llama"), ToyTokenizer())
+    common = dict(model="tiny-llama", task="biography", max_context_tokens=160, max_new_tokens=3, header=2,
+                  trailer=2, dtype="float32", no_progress=True, model_and_tokenizer=mt)
+    first = train_adapter(output=str(tmp_path / "a"), num_train=3, num_val=2, seed=1, teacher_only=True, **common)
+    more = train_adapter(output=str(tmp_path / "b"), num_train=4, num_val=0, seed=2, teacher_only=True, **common)
+    assert (first["teacher_rows"], more["teacher_rows"]) == (5, 4)
+    assert not (tmp_path / "a.work" / "checkpoints").exists() and not (tmp_path / "a").exists()
+    both = load_teacher_dataset(f"{tmp_path / 'a.work'},{tmp_path / 'b.work'}")
+    assert both["id"][:5] == load_teacher_dataset(str(tmp_path / "a.work"))["id"] and len(set(both["id"])) == 9
+    out = train_adapter(output=str(tmp_path / "c"), num_train=7, num_val=2, batch_size=2, grad_accum=1,
+                        max_steps=1, eval_steps=1, teacher_from=f"{tmp_path / 'a.work'},{tmp_path / 'b.work'}",
+                        **common)
+    assert (out["training_args"]["num_train"], out["training_args"]["num_val"]) == (7, 2)
+    with pytest.raises(ValueError, match="drop --teacher-from"):
+        train_adapter(output=str(tmp_path / "d"), teacher_only=True, teacher_from=str(tmp_path / "a.work"), **common)
+
+
 def test_trainer_runs_unchanged_under_accelerate_launch_ddp(tmp_path):
     """Two processes (DDP over gloo on CPU, launched by `accelerate launch`): ranks stay in sync and learn."""
     import os

@@ -57,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-from", default=None,
                    help="reuse the teacher answers of another run's work dir (rows of --task only, when it differs)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--teacher-only", action="store_true",
+                   help="build (or finish) the teacher rows in the work dir and stop: e.g. the next run's rows on a "
+                        "second core while a run trains; a later run reads them with --teacher-from")
     p.add_argument("--export-only", action="store_true",
                    help="write the best checkpoint so far to --output (e.g. while or after an interrupted run)")
 
@@ -211,7 +214,8 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
                   max_steps: int = -1, resume: bool = False, no_progress: bool = False,
                   init_from: str | None = None, teacher_from: str | None = None, query_weight: float = 0.0,
                   teacher_dtype: str = "float32", student: str = "full", answer_check: int = 0,
-                  select_on: str = "kl", model_and_tokenizer: tuple[Any, Any] | None = None) -> dict[str, Any]:
+                  select_on: str = "kl", model_and_tokenizer: tuple[Any, Any] | None = None,
+                  teacher_only: bool = False) -> dict[str, Any]:
     """Teacher answers (cached) -> distillation with a linear-decay schedule -> best adapter (lowest held-out KL).
 
     `init_from` warm-starts from an existing adapter (same model and slot counts); `teacher_from` reuses the teacher
@@ -219,6 +223,7 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     a mixture run without a second teacher pass). Validation rows stay the first `num_val` rows of that data.
     `answer_check` > 0 answers that many validation rows greedily at every evaluation (:class:`AnswerCheck`);
     `select_on="fidelity"` then keeps the checkpoint whose answers agree most with the teacher's.
+    `teacher_only` builds the teacher rows and returns without training (`{"teacher_rows": n}`).
     """
     from transformers import TrainingArguments
 
@@ -228,6 +233,8 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     from . import DistillationCollator, PacketDistillationModel, PacketDistillationTrainer, TeacherConfig
     from .teacher import build_teacher_dataset
 
+    if teacher_only and teacher_from is not None:
+        raise ValueError("--teacher-only builds new teacher rows in the work dir; drop --teacher-from.")
     work_dir = work_dir or output.rstrip("/") + ".work"
     os.makedirs(work_dir, exist_ok=True)
     from ..hardware import resolve_dtype
@@ -257,6 +264,8 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
                              query_targets=query_weight > 0)
         teacher = build_teacher_dataset(base, tok, rows, os.path.join(work_dir, "teacher"), tcfg,
                                         progress=not no_progress)
+    if teacher_only:
+        return {"teacher_rows": len(teacher), "teacher_dir": os.path.join(work_dir, "teacher")}
     if model_and_tokenizer is None:
         base = base.to(torch_dtype)  # teacher rows are stored; the student trains in the faster dtype
     teacher = teacher.filter(lambda r: len(r["teacher_ids"]) > 0)
