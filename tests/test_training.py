@@ -387,3 +387,51 @@ def test_train_cli_logs_answer_checks_and_selects_on_fidelity(tmp_path):
     with pytest.raises(ValueError, match="answer_check"):
         train_adapter(model="tiny-llama", task="biography", output=str(tmp_path / "x"), select_on="fidelity",
                       model_and_tokenizer=mt, num_train=2, num_val=1, max_steps=1, dtype="float32", no_progress=True)
+
+
+def test_checkpoints_more_often_than_evaluations_and_the_best_is_what_ships(tmp_path, monkeypatch):
+    """`--save-steps 1 --eval-steps 2`: a resumable checkpoint every step, the best evaluated one kept through the
+    rotation and written to the output; when no step beats the starting adapter, the starting adapter ships."""
+    import json
+    import os
+
+    from hf_kvpacket.training.cli import export_best, train_adapter
+    from tiny_models import ToyTokenizer
+
+    mt = (build("llama"), ToyTokenizer())
+    common = dict(model="tiny-llama", task="biography", num_train=8, num_val=3, batch_size=2, grad_accum=1,
+                  max_context_tokens=200, max_new_tokens=3, header=2, trailer=2, dtype="float32", no_progress=True,
+                  model_and_tokenizer=mt)
+    out = train_adapter(output=str(tmp_path / "a"), max_steps=4, eval_steps=2, save_steps=1, lr=3e-2, **common)
+    state = json.loads((tmp_path / "a.work" / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    kl = {h["step"]: h["eval_loss"] for h in state["log_history"] if "eval_loss" in h}
+    assert sorted(kl) == [0, 2, 4]
+    best_step = min((2, 4), key=kl.get)
+    assert kl[best_step] < kl[0] and state["best_model_checkpoint"].endswith(f"checkpoint-{best_step}")
+    kept = sorted(os.listdir(tmp_path / "a.work" / "checkpoints"))
+    assert "checkpoint-3" in kept and f"checkpoint-{best_step}" in kept  # the last ones and the best survive rotation
+    shipped = PacketAdapter.from_pretrained(tmp_path / "a")
+    best = PacketAdapter.from_pretrained(tmp_path / "a.work" / "checkpoints" / f"checkpoint-{best_step}")
+    assert torch.equal(shipped.header, best.header) and out["metrics"]["eval_loss"] == pytest.approx(kl[best_step])
+    assert export_best(str(tmp_path / "a.work"), str(tmp_path / "ex")).endswith(f"checkpoint-{best_step}")
+
+    # Every evaluation worse than the start (a stand-in evaluate, so the case is deterministic): the starting
+    # adapter ships, not the last checkpoint.
+    from hf_kvpacket.training import PacketDistillationTrainer
+
+    def worse_each_step(self, *args, **kwargs):
+        metrics = {"eval_loss": 1.0 + self.state.global_step}
+        self.log(metrics)
+        return metrics
+
+    monkeypatch.setattr(PacketDistillationTrainer, "evaluate", worse_each_step)
+    train_adapter(output=str(tmp_path / "z"), max_steps=2, eval_steps=1, lr=3e-2, **common)
+    start = PacketAdapter.from_pretrained(tmp_path / "z.work" / "init_adapter")
+    last = PacketAdapter.from_pretrained(tmp_path / "z.work" / "checkpoints" / "checkpoint-2")
+    assert not torch.equal(last.header, start.header)
+    assert torch.equal(PacketAdapter.from_pretrained(tmp_path / "z").header, start.header)
+    assert export_best(str(tmp_path / "z.work"), str(tmp_path / "zx")).endswith("init_adapter")
+    exported = json.loads((tmp_path / "zx" / "training_log.json").read_text())["training_args"]
+    assert exported["checkpoint"] == "init_adapter" and exported["best_val_kl"] == 1.0
+    with pytest.raises(ValueError, match="must divide --eval-steps"):
+        train_adapter(output=str(tmp_path / "x"), max_steps=2, eval_steps=3, save_steps=2, **common)

@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (e.g. 1 to leave the other core free); default: torch's own choice")
     p.add_argument("--eval-steps", type=int, default=25)
+    p.add_argument("--save-steps", type=int, default=None,
+                   help="checkpoint (resumable) every N optimizer steps; divides --eval-steps (default: --eval-steps). "
+                        "Cheap: a few hundred KB, so a stopped run loses minutes, not an evaluation interval")
     p.add_argument("--answer-check", type=int, default=32,
                    help="at every evaluation also answer this many validation rows greedily through the product path "
                         "(float32) and log fidelity to the teacher, F1 and first-token agreement; 0: KL only")
@@ -84,13 +87,18 @@ def export_best(work_dir: str, output: str, task: str | None = None, eval_result
         raise FileNotFoundError(f"No checkpoint in {ckpt_dir} yet.")
     with open(os.path.join(ckpt_dir, cks[-1], "trainer_state.json")) as f:
         state = json.load(f)
-    best = state.get("best_model_checkpoint") or os.path.join(ckpt_dir, cks[-1])
-    best = os.path.join(ckpt_dir, os.path.basename(best))
+    metric, greater = _selection(os.path.join(ckpt_dir, cks[-1], "training_args.bin"))
+    if _start_is_best(state["log_history"], metric, greater, state.get("best_metric")):
+        best, best_step = os.path.join(work_dir, "init_adapter"), 0
+    elif state.get("best_model_checkpoint"):
+        best, best_step = os.path.join(ckpt_dir, os.path.basename(state["best_model_checkpoint"])), None
+    else:
+        best, best_step = os.path.join(ckpt_dir, cks[-1]), None
     adapter = PacketAdapter.from_pretrained(best)
     evals = [h for h in state["log_history"] if "eval_loss" in h]
     answers = [h for h in state["log_history"] if "eval_answer_fidelity" in h]
-    best_step = int(os.path.basename(best).split("-")[1])
-    best_kl = next((h["eval_loss"] for h in evals if h["step"] == best_step), state.get("best_metric"))
+    best_step = int(os.path.basename(best).split("-")[1]) if best_step is None else best_step
+    best_kl = next((h["eval_loss"] for h in evals if h["step"] == best_step), None)
     training_args = {"task": task or adapter.config.task, "checkpoint": os.path.basename(best),
                      "steps_run": state.get("global_step"), "best_val_kl": best_kl,
                      **_trainer_settings(os.path.join(best, "training_args.bin")),
@@ -108,6 +116,23 @@ def export_best(work_dir: str, output: str, task: str | None = None, eval_result
                             datasets=[training_args["task"]] if training_args["task"] else None)
     _write_log(output, work_dir, training_args, state["log_history"])
     return best
+
+
+def _selection(path: str) -> tuple[str, bool]:
+    """The metric a run keeps its best checkpoint on, and whether higher is better (from its TrainingArguments)."""
+    if not os.path.exists(path):
+        return "eval_loss", False
+    targs = torch.load(path, weights_only=False)
+    return targs.metric_for_best_model or "eval_loss", bool(targs.greater_is_better)
+
+
+def _start_is_best(history: list[dict[str, Any]], metric: str, greater: bool, best_metric: float | None) -> bool:
+    """Whether the starting adapter's evaluation (step 0) beats every later one. Trainer never ranks the
+    `eval_on_start` evaluation, so without this a run that only made its adapter worse would ship its last step."""
+    start = next((h[metric] for h in history if h.get("step") == 0 and metric in h), None)
+    if start is None:
+        return False
+    return best_metric is None or (start > best_metric if greater else start < best_metric)
 
 
 def _trainer_settings(path: str) -> dict[str, Any]:
@@ -210,7 +235,7 @@ def load_teacher_dataset(path: str):
 def train_adapter(model: str, task: str, output: str, work_dir: str | None = None, num_train: int = 512,
                   num_val: int = 64, seed: int = 42, epochs: float = 30, lr: float = 5e-4, batch_size: int = 4,
                   grad_accum: int = 4, max_context_tokens: int = 768, max_new_tokens: int = 24, header: int = 8,
-                  trailer: int = 8, loss: str = "kl", dtype: str = "auto", eval_steps: int = 25,
+                  trailer: int = 8, loss: str = "kl", dtype: str = "auto", eval_steps: int = 25, save_steps: int | None = None,
                   max_steps: int = -1, resume: bool = False, no_progress: bool = False,
                   init_from: str | None = None, teacher_from: str | None = None, query_weight: float = 0.0,
                   teacher_dtype: str = "float32", student: str = "full", answer_check: int = 0,
@@ -233,6 +258,10 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     from . import DistillationCollator, PacketDistillationModel, PacketDistillationTrainer, TeacherConfig
     from .teacher import build_teacher_dataset
 
+    save_steps = save_steps or eval_steps
+    if save_steps <= 0 or eval_steps % save_steps:
+        raise ValueError(f"--save-steps {save_steps} must divide --eval-steps {eval_steps}, so every evaluated step has "
+                         "a checkpoint the best one can be kept from (e.g. --save-steps 2 --eval-steps 8).")
     if teacher_only and teacher_from is not None:
         raise ValueError("--teacher-only builds new teacher rows in the work dir; drop --teacher-from.")
     work_dir = work_dir or output.rstrip("/") + ".work"
@@ -320,7 +349,9 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
         per_device_eval_batch_size=batch_size, gradient_accumulation_steps=grad_accum, learning_rate=lr,
         weight_decay=0.0, lr_scheduler_type="linear", warmup_steps=min(10, steps_per_epoch), num_train_epochs=epochs,
         max_steps=max_steps, eval_strategy="steps", eval_steps=eval_steps, save_strategy="steps",
-        save_steps=eval_steps, save_total_limit=3, load_best_model_at_end=True,
+        # Trainer's own best-model loading needs save == eval steps; the best is loaded below instead, so checkpoints
+        # can be more frequent than evaluations (metric_for_best_model still tracks and keeps the best checkpoint).
+        save_steps=save_steps, save_total_limit=3, load_best_model_at_end=False,
         metric_for_best_model="eval_loss" if select_on == "kl" else "eval_answer_fidelity",
         greater_is_better=select_on != "kl", logging_steps=5, eval_on_start=last is None, remove_unused_columns=False, report_to=[], use_cpu=True,
         dataloader_num_workers=0, disable_tqdm=no_progress, seed=seed, label_names=["labels"],
@@ -331,6 +362,11 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     answers_reference = _reference_answers(work_dir, base, check) if check is not None else None
     start = time.time()
     trainer.train(resume_from_checkpoint=last)
+    if _start_is_best(trainer.state.log_history, targs.metric_for_best_model, targs.greater_is_better,
+                      trainer.state.best_metric):
+        trainer._load_from_checkpoint(adapter_path)  # no step beat the starting adapter: keep it, not the last one
+    elif trainer.state.best_model_checkpoint:
+        trainer._load_best_model()
     # The closing evaluation re-measures the best checkpoint's KL; its answers were checked at its own step already.
     trainer.answer_check = None
     metrics = trainer.evaluate()
