@@ -184,13 +184,19 @@ def test_train_cli_end_to_end_warm_start_and_teacher_reuse(tmp_path):
     mt = (build("llama"), ToyTokenizer())
     common = dict(model="tiny-llama", batch_size=2, grad_accum=1, max_steps=2, eval_steps=1, max_context_tokens=160,
                   max_new_tokens=3, header=2, trailer=2, dtype="float32", no_progress=True, model_and_tokenizer=mt)
-    mix = train_adapter(task="mixture", output=str(tmp_path / "mix"), num_train=8, num_val=4, **common)
+    mix = train_adapter(task="mixture", output=str(tmp_path / "mix"), num_train=8, num_val=4, select_on="worst-task",
+                        **common)
     assert mix["training_args"]["steps"] == 2
     log = json.loads((tmp_path / "mix" / "training_log.json").read_text())
-    assert log["log_history"][0]["step"] == 0 and "eval_loss" in log["log_history"][0]  # the starting point
-    # the no-adapter reference is measured on the same validation rows and kept for resumed runs
+    start = [h for h in log["log_history"] if h["step"] == 0 and "eval_loss" in h]
+    assert start and "eval_worst_task_gain" in start[0]  # the starting point, evaluated per task
+    # the no-adapter reference is measured on the same validation rows, per task, and kept for resumed runs
     ref = json.loads((tmp_path / "mix.work" / "no_adapter_val_kl.json").read_text())
     assert ref["num_val"] == 4 and log["training_args"]["no_adapter_val_kl"] == ref["no_adapter_val_kl"] > 0
+    val_tasks = set(load_teacher_dataset(str(tmp_path / "mix.work")).select(range(4))["task"])
+    assert len(val_tasks) > 1 and set(ref["per_task"]) == val_tasks
+    assert math.isclose(start[0]["eval_worst_task_gain"], min(start[0][f"eval_{t}_gain"] for t in val_tasks))
+    assert log["training_args"]["no_adapter_val_kl_per_task"] == ref["per_task"]
     teacher = load_teacher_dataset(str(tmp_path / "mix.work"))
     assert len(teacher) == 12 and len(set(teacher["task"])) > 1
 
@@ -202,13 +208,18 @@ def test_train_cli_end_to_end_warm_start_and_teacher_reuse(tmp_path):
     assert torch.equal(init.header, start.header) and init.config.task == "niah"
     log = json.loads((tmp_path / "niah" / "training_log.json").read_text())
     assert log["training_args"]["init_from"] == str(tmp_path / "mix") and log["previous"]["training_args"]["steps"] == 2
-    from hf_kvpacket.training.curves import learning_curves_markdown, load_chain, plot_learning_curves
+    from hf_kvpacket.training.curves import learning_curves_markdown, load_chain, plot_learning_curves, task_gains_markdown
 
     chain = load_chain(str(tmp_path / "niah"))
     assert [r.task for r in chain] == ["mixture", "niah"] and [s for s, _ in chain[1].val_kl] == [0, 1, 2]
+    assert set(chain[0].task_gain) == val_tasks and not chain[1].task_gain  # per-task gains only where validated so
+    assert task_gains_markdown([str(tmp_path / "niah")]).count("| `niah` | 1 |") == len(val_tasks)
     assert plot_learning_curves([str(tmp_path / "niah")], str(tmp_path / "lc.png")) and (tmp_path / "lc.png").is_file()
     assert learning_curves_markdown([str(tmp_path / "niah")]).count("| `niah` |") == 2
     assert chain[0].no_adapter_kl == ref["no_adapter_val_kl"] and chain[1].no_adapter_kl > 0
+    with pytest.raises(ValueError, match="validation rows of several tasks"):
+        train_adapter(task="niah", output=str(tmp_path / "n2"), num_train=8, num_val=1, select_on="worst-task",
+                      teacher_from=str(tmp_path / "mix.work"), **common)
     with pytest.raises(ValueError, match="no teacher rows"):
         train_adapter(task="nosuchtask", output=str(tmp_path / "x"), teacher_from=str(tmp_path / "mix.work"), **common)
     best = export_best(str(tmp_path / "niah.work"), str(tmp_path / "exported"))
@@ -435,3 +446,38 @@ def test_checkpoints_more_often_than_evaluations_and_the_best_is_what_ships(tmp_
     assert exported["checkpoint"] == "init_adapter" and exported["best_val_kl"] == 1.0
     with pytest.raises(ValueError, match="must divide --eval-steps"):
         train_adapter(output=str(tmp_path / "x"), max_steps=2, eval_steps=3, save_steps=2, **common)
+
+
+def test_mixed_validation_is_evaluated_per_task_against_each_tasks_reference(tmp_path):
+    """A validation set of two tasks: one loss per task, `eval_loss` their row-weighted mean, and the share of each
+    task's no-adapter KL closed; the no-adapter student itself closes exactly none of it."""
+    import datasets
+    from transformers import TrainingArguments
+
+    from hf_kvpacket.training import PacketDistillationTrainer
+    from hf_kvpacket.training.reference import no_adapter_kl
+    from hf_kvpacket.training.trainer import task_rows
+
+    model = build("llama")
+    k = 5
+    rows = [dict(row(DOCS[: 1 + i % 3], ANSWER[: 2 + i % 2]), teacher_topk_ids=[list(range(k))] * (2 + i % 2),
+                 teacher_topk_logprobs=[[-1.7] * k] * (2 + i % 2), task="babaa"[i]) for i in range(5)]
+    data = datasets.Dataset.from_list(rows)
+    tasks = task_rows(data)
+    assert tasks == {"b": [0, 2], "a": [1, 3, 4]}
+    refs = {t: no_adapter_kl(model, data.select(idx), batch_size=2) for t, idx in tasks.items()}
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2, report_to=[], use_cpu=True,
+                             disable_tqdm=True, remove_unused_columns=False, label_names=["labels"])
+    for slots, closes_nothing in ((0, True), (2, False)):
+        wrapper = PacketDistillationModel(model, PacketAdapter.for_model(model, slots, slots))
+        trainer = PacketDistillationTrainer(model=wrapper, args=args, eval_dataset=data, task_references=refs,
+                                            data_collator=DistillationCollator(slots, slots))
+        m = trainer.evaluate()
+        assert math.isclose(m["eval_loss"], (2 * m["eval_b_loss"] + 3 * m["eval_a_loss"]) / 5, rel_tol=1e-9)
+        for t in "ab":
+            assert m[f"eval_{t}_gain"] == round(1 - m[f"eval_{t}_loss"] / refs[t], 4)
+            if closes_nothing:
+                assert math.isclose(m[f"eval_{t}_loss"], refs[t], rel_tol=1e-6) and abs(m[f"eval_{t}_gain"]) < 1e-4
+        assert m["eval_worst_task_gain"] == min(m["eval_a_gain"], m["eval_b_gain"])
+    assert "eval_a_loss" not in PacketDistillationTrainer(model=wrapper, args=args, eval_dataset=data.select([1, 3]),
+                                                          data_collator=DistillationCollator(2, 2)).evaluate()

@@ -13,6 +13,11 @@ from typing import Any
 import torch
 
 
+# --select-on: the metric the best checkpoint is kept on, and whether higher is better.
+SELECTION = {"kl": ("eval_loss", False), "fidelity": ("eval_answer_fidelity", True),
+             "worst-task": ("eval_worst_task_gain", True)}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m-instruct", help="offline model name, local folder or Hub id")
     p.add_argument("--task", default="mixture", help="biography | niah | hotpotqa | squad | mixture")
@@ -51,8 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--answer-check", type=int, default=32,
                    help="at every evaluation also answer this many validation rows greedily through the product path "
                         "(float32) and log fidelity to the teacher, F1 and first-token agreement; 0: KL only")
-    p.add_argument("--select-on", default="kl", choices=["kl", "fidelity"],
-                   help="the checkpoint kept as best: lowest validation KL, or highest answer fidelity (--answer-check)")
+    p.add_argument("--select-on", default="kl", choices=list(SELECTION),
+                   help="the checkpoint kept as best: lowest validation KL, highest answer fidelity (--answer-check), "
+                        "or (mixed validation rows) the largest share of the no-adapter KL closed on the worst task")
     p.add_argument("--max-steps", type=int, default=-1)
     p.add_argument("--resume", action="store_true", help="resume from the last checkpoint in the work dir")
     p.add_argument("--init-from", default=None,
@@ -106,9 +112,11 @@ def export_best(work_dir: str, output: str, task: str | None = None, eval_result
     if answers:
         training_args["answer_fidelity_curve"] = [(h["step"], h["eval_answer_fidelity"]) for h in answers]
         training_args["answer_f1_curve"] = [(h["step"], h["eval_answer_f1"]) for h in answers]
-    reference = _stored_reference(work_dir)
-    if reference is not None:
-        training_args["no_adapter_val_kl"] = reference
+    stored = _read_kept(work_dir, REFERENCE_FILE)
+    if stored is not None:
+        training_args["no_adapter_val_kl"] = stored["no_adapter_val_kl"]
+        if stored.get("per_task"):
+            training_args["no_adapter_val_kl_per_task"] = stored["per_task"]
     answers_reference = _read_kept(work_dir, ANSWERS_REFERENCE_FILE)
     if answers_reference is not None:
         training_args["no_adapter_answers"] = answers_reference["metrics"]
@@ -164,21 +172,23 @@ def _keep(work_dir: str, name: str, payload: dict[str, Any]) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _stored_reference(work_dir: str) -> float | None:
-    stored = _read_kept(work_dir, REFERENCE_FILE)
-    return None if stored is None else stored["no_adapter_val_kl"]
-
-
-def _reference_kl(work_dir: str, base: Any, val: Any, pad: int, batch_size: int, loss: str) -> float:
-    """The no-adapter validation KL of this run (computed once, kept in the work dir for resumed runs)."""
+def _reference_kl(work_dir: str, base: Any, val: Any, pad: int, batch_size: int,
+                  loss: str) -> tuple[float, dict[str, float] | None]:
+    """The no-adapter validation KL of this run, overall and (mixed validation rows) per task, measured the way the
+    trainer measures the adapter; computed once and kept in the work dir for resumed runs."""
     from .reference import no_adapter_kl
+    from .trainer import task_rows
 
-    stored = _stored_reference(work_dir)
-    if stored is not None:
-        return stored
-    value = no_adapter_kl(base, val, pad_token_id=pad, batch_size=batch_size, loss_type=loss)
-    _keep(work_dir, REFERENCE_FILE, {"no_adapter_val_kl": value, "num_val": len(val)})
-    return value
+    tasks = task_rows(val)
+    stored = _read_kept(work_dir, REFERENCE_FILE)
+    if stored is not None and (len(tasks) < 2 or "per_task" in stored):
+        return stored["no_adapter_val_kl"], stored.get("per_task")
+    kl = lambda rows: no_adapter_kl(base, rows, pad_token_id=pad, batch_size=batch_size, loss_type=loss)  # noqa: E731
+    per_task = {t: kl(val.select(rows)) for t, rows in tasks.items()} if len(tasks) > 1 else None
+    value = sum(per_task[t] * len(rows) for t, rows in tasks.items()) / len(val) if per_task else kl(val)
+    _keep(work_dir, REFERENCE_FILE, {"no_adapter_val_kl": value, "num_val": len(val),
+                                     **({"per_task": per_task} if per_task else {})})
+    return value, per_task
 
 
 ANSWERS_REFERENCE_FILE = "no_adapter_answers.json"
@@ -329,8 +339,12 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
         raise ValueError(f"--query-weight needs teacher rows with query targets; {teacher_from or work_dir} has none "
                          "(build them in a new work dir with --query-weight set).")
     collator = DistillationCollator(header, trailer, pad_token_id=pad, query_weight=query_weight)
-    if select_on not in ("kl", "fidelity"):
-        raise ValueError(f"select_on must be 'kl' or 'fidelity', got {select_on!r}.")
+    if select_on not in SELECTION:
+        raise ValueError(f"select_on must be one of {', '.join(SELECTION)}, got {select_on!r}.")
+    from .trainer import task_rows
+
+    if select_on == "worst-task" and len(task_rows(val)) < 2:
+        raise ValueError("select_on='worst-task' needs validation rows of several tasks (--task mixture).")
     if select_on == "fidelity" and answer_check <= 0:
         raise ValueError("select_on='fidelity' needs answer_check > 0 (kvpacket train --answer-check N).")
     check = None
@@ -352,13 +366,13 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
         # Trainer's own best-model loading needs save == eval steps; the best is loaded below instead, so checkpoints
         # can be more frequent than evaluations (metric_for_best_model still tracks and keeps the best checkpoint).
         save_steps=save_steps, save_total_limit=3, load_best_model_at_end=False,
-        metric_for_best_model="eval_loss" if select_on == "kl" else "eval_answer_fidelity",
-        greater_is_better=select_on != "kl", logging_steps=5, eval_on_start=last is None, remove_unused_columns=False, report_to=[], use_cpu=True,
+        metric_for_best_model=SELECTION[select_on][0], greater_is_better=SELECTION[select_on][1], logging_steps=5, eval_on_start=last is None, remove_unused_columns=False, report_to=[], use_cpu=True,
         dataloader_num_workers=0, disable_tqdm=no_progress, seed=seed, label_names=["labels"],
     )
     trainer = PacketDistillationTrainer(model=wrapper, args=targs, train_dataset=train, eval_dataset=val,
                                         data_collator=collator, answer_check=check)
-    reference = _reference_kl(work_dir, base, val, pad, batch_size, loss)
+    reference, task_references = _reference_kl(work_dir, base, val, pad, batch_size, loss)
+    trainer.task_references = task_references
     answers_reference = _reference_answers(work_dir, base, check) if check is not None else None
     start = time.time()
     trainer.train(resume_from_checkpoint=last)
@@ -375,7 +389,8 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
                      "effective_batch": batch_size * grad_accum, "schedule": "linear decay", "loss": loss,
                      "query_weight": query_weight, "max_context_tokens": max_context_tokens, "teacher_max_new_tokens": max_new_tokens,
                      "dtype": dtype, "student": student, "init_from": init_from, "teacher_from": teacher_from, "best_val_kl": metrics.get("eval_loss"),
-                     "no_adapter_val_kl": reference, "no_adapter_answers": answers_reference, "select_on": select_on,
+                     "no_adapter_val_kl": reference, "no_adapter_val_kl_per_task": task_references,
+                     "no_adapter_answers": answers_reference, "select_on": select_on,
                      "steps": trainer.state.global_step,
                      "train_minutes": round((time.time() - start) / 60, 1)}
     adapter.save_pretrained(output, training_args=training_args, datasets=[task])

@@ -38,6 +38,8 @@ class Run:
     answer_fidelity: list[tuple[int, float]] = field(default_factory=list)
     no_adapter_fidelity: float | None = None
     hours: float | None = None  # wall-clock hours the run trained and evaluated (`wall_hours`; older logs: None)
+    # mixed validation rows: per task, the share of its no-adapter KL closed at each evaluation (`eval_<task>_gain`)
+    task_gain: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
@@ -56,16 +58,21 @@ def load_chain(adapter_dir: str) -> list[Run]:
         for step, kl in evals:  # the closing evaluation of the best checkpoint repeats the last step: keep the first
             dedup.setdefault(step, kl)
         fid: dict[int, float] = {}
+        gains: dict[str, dict[int, float]] = {}
         for h in log.get("log_history", []):
             if "eval_answer_fidelity" in h:
                 fid.setdefault(int(h["step"]), float(h["eval_answer_fidelity"]))
+            for key, value in h.items():
+                if key.startswith("eval_") and key.endswith("_gain") and key != "eval_worst_task_gain":
+                    gains.setdefault(key[len("eval_"):-len("_gain")], {}).setdefault(int(h["step"]), float(value))
         chain.append(Run(task=args.get("task", "?"), effective_batch=int(args.get("effective_batch", 4)),
                          num_train=args.get("num_train"), num_val=args.get("num_val"), lr=args.get("lr"),
                          val_kl=sorted(dedup.items()), no_adapter_kl=args.get("no_adapter_val_kl"),
                          answer_fidelity=sorted(fid.items()),
                          no_adapter_fidelity=(args.get("no_adapter_answers") or {}).get("answer_fidelity"),
                          hours=max((h["wall_hours"] for h in log.get("log_history", []) if "wall_hours" in h),
-                                   default=None)))
+                                   default=None),
+                         task_gain={t: sorted(points.items()) for t, points in gains.items()}))
         log = log.get("previous")
     return chain[::-1]
 
@@ -147,6 +154,19 @@ def learning_curves_markdown(adapter_dirs: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def task_gains_markdown(adapter_dirs: Sequence[str]) -> str:
+    """Runs validated on several tasks: per task, the share of its no-adapter KL closed at the start, best and last
+    evaluation (empty when no run logged per-task gains)."""
+    lines = ["| adapter | run | task | gain at start | best | last |", "|---|---|---|---|---|---|"]
+    for adapter_dir in adapter_dirs:
+        for i, run in enumerate(load_chain(adapter_dir), 1):
+            for task, points in run.task_gain.items():
+                values = [g for _, g in points]
+                lines.append(f"| `{_label(adapter_dir)}` | {i} | {task} | {values[0]:.1%} | {max(values):.1%} | "
+                             f"{values[-1]:.1%} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hf_kvpacket.training.curves", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -156,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         print(f"Wrote {plot_learning_curves(args.adapters, args.plot)}")
     print(learning_curves_markdown(args.adapters))
+    gains = task_gains_markdown(args.adapters)
+    if gains:
+        print("\nShare of the no-adapter KL closed, per validation task:\n\n" + gains)
     return 0
 
 
@@ -163,4 +186,4 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["Run", "load_chain", "plot_learning_curves", "learning_curves_markdown"]
+__all__ = ["Run", "load_chain", "plot_learning_curves", "learning_curves_markdown", "task_gains_markdown"]
