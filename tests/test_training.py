@@ -215,6 +215,9 @@ def test_train_cli_end_to_end_warm_start_and_teacher_reuse(tmp_path):
     assert set(chain[0].task_gain) == val_tasks and not chain[1].task_gain  # per-task gains only where validated so
     assert task_gains_markdown([str(tmp_path / "niah")]).count("| `niah` | 1 |") == len(val_tasks)
     assert plot_learning_curves([str(tmp_path / "niah")], str(tmp_path / "lc.png")) and (tmp_path / "lc.png").is_file()
+    import matplotlib.image
+
+    assert matplotlib.image.imread(tmp_path / "lc.png").shape[1] > 1300  # a per-task panel beside the KL
     assert learning_curves_markdown([str(tmp_path / "niah")]).count("| `niah` |") == 2
     assert chain[0].no_adapter_kl == ref["no_adapter_val_kl"] and chain[1].no_adapter_kl > 0
     with pytest.raises(ValueError, match="validation rows of several tasks"):

@@ -110,7 +110,11 @@ def plot_learning_curves(adapter_dirs: Sequence[str], path: str) -> str:
 
     chains = {d: load_chain(d) for d in adapter_dirs}
     with_answers = any(run.answer_fidelity for chain in chains.values() for run in chain)
-    fig, axes = plt.subplots(1, 2 if with_answers else 1, figsize=(13 if with_answers else 7.5, 4.5), squeeze=False)
+    with_tasks = any(run.task_gain for chain in chains.values() for run in chain)
+    panels = 1 + with_answers + with_tasks
+    fig, axes = plt.subplots(1, panels, figsize=(1 + 6.2 * panels, 4.5), squeeze=False)
+    styles = iter(("-", "--", "-.", ":", (0, (5, 1)), (0, (1, 1))))
+    task_style: dict[str, Any] = {}
     for adapter_dir, chain in chains.items():
         offset, color = 0, None
         for i, run in enumerate(chain):
@@ -120,6 +124,12 @@ def plot_learning_curves(adapter_dirs: Sequence[str], path: str) -> str:
                 first = not any(r.answer_fidelity for r in chain[:i])  # label the chain's first segment drawn here
                 _segment(axes[0][1], run.answer_fidelity, run.no_adapter_fidelity, offset, run.effective_batch,
                          0 if first else i, color, _label(adapter_dir))
+            for task, points in run.task_gain.items():  # one line style per task, the chain's colour
+                if task not in task_style:
+                    task_style[task] = next(styles, "-")
+                axes[0][-1].plot([offset + step * run.effective_batch for step, _ in points], [g for _, g in points],
+                                 marker="o", markersize=3, color=color, linestyle=task_style[task],
+                                 label=f"{_label(adapter_dir)}: {task}")
             offset += run.steps * run.effective_batch
     _style(axes[0][0], "held-out KL (teacher || student), answer tokens",
            "Adapter learning curves (each segment: one run, on its own validation rows;\n"
@@ -128,6 +138,11 @@ def plot_learning_curves(adapter_dirs: Sequence[str], path: str) -> str:
         _style(axes[0][1], "greedy answer fidelity to full recompute (token F1)",
                "Greedy answers of the first validation rows at each evaluation\n"
                "(PacketCache + generate, float32; dotted: no adapter)")
+    if with_tasks:
+        axes[0][-1].axhline(0.0, color="grey", linewidth=0.8)
+        _style(axes[0][-1], "share of the task's no-adapter KL closed",
+               "Mixed validation rows, per task (0: no better than no adapter;\n"
+               "checkpoints kept on the worst task with --select-on worst-task)")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
