@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from ..config import WEIGHTS_NAME
+
 
 # --select-on: the metric the best checkpoint is kept on, and whether higher is better.
 SELECTION = {"kl": ("eval_loss", False), "fidelity": ("eval_answer_fidelity", True),
@@ -93,17 +95,14 @@ def export_best(work_dir: str, output: str, task: str | None = None, eval_result
         raise FileNotFoundError(f"No checkpoint in {ckpt_dir} yet.")
     with open(os.path.join(ckpt_dir, cks[-1], "trainer_state.json")) as f:
         state = json.load(f)
-    metric, greater = _selection(os.path.join(ckpt_dir, cks[-1], "training_args.bin"))
-    if _start_is_best(state["log_history"], metric, greater, state.get("best_metric")):
-        best, best_step = os.path.join(work_dir, "init_adapter"), 0
-    elif state.get("best_model_checkpoint"):
-        best, best_step = os.path.join(ckpt_dir, os.path.basename(state["best_model_checkpoint"])), None
-    else:
-        best, best_step = os.path.join(ckpt_dir, cks[-1]), None
+    targs = _training_args(os.path.join(ckpt_dir, cks[-1], "training_args.bin"))
+    metric, greater = (targs.metric_for_best_model, targs.greater_is_better) if targs else ("eval_loss", False)
+    best = _best_adapter(work_dir, state["log_history"], metric, greater, state.get("best_metric"),
+                         state.get("best_model_checkpoint")) or os.path.join(ckpt_dir, cks[-1])
     adapter = PacketAdapter.from_pretrained(best)
     evals = [h for h in state["log_history"] if "eval_loss" in h]
     answers = [h for h in state["log_history"] if "eval_answer_fidelity" in h]
-    best_step = int(os.path.basename(best).split("-")[1]) if best_step is None else best_step
+    best_step = 0 if os.path.basename(best) == "init_adapter" else int(os.path.basename(best).split("-")[1])
     best_kl = next((h["eval_loss"] for h in evals if h["step"] == best_step), None)
     training_args = {"task": task or adapter.config.task, "checkpoint": os.path.basename(best),
                      "steps_run": state.get("global_step"), "best_val_kl": best_kl,
@@ -126,12 +125,9 @@ def export_best(work_dir: str, output: str, task: str | None = None, eval_result
     return best
 
 
-def _selection(path: str) -> tuple[str, bool]:
-    """The metric a run keeps its best checkpoint on, and whether higher is better (from its TrainingArguments)."""
-    if not os.path.exists(path):
-        return "eval_loss", False
-    targs = torch.load(path, weights_only=False)
-    return targs.metric_for_best_model or "eval_loss", bool(targs.greater_is_better)
+def _training_args(path: str) -> Any:
+    """A checkpoint's `TrainingArguments` (`None` for checkpoints saved without them)."""
+    return torch.load(path, weights_only=False) if os.path.exists(path) else None
 
 
 def _start_is_best(history: list[dict[str, Any]], metric: str, greater: bool, best_metric: float | None) -> bool:
@@ -143,11 +139,20 @@ def _start_is_best(history: list[dict[str, Any]], metric: str, greater: bool, be
     return best_metric is None or (start > best_metric if greater else start < best_metric)
 
 
+def _best_adapter(work_dir: str, history: list[dict[str, Any]], metric: str, greater: bool,
+                  best_metric: float | None, best_checkpoint: str | None) -> str | None:
+    """Folder of a run's best adapter: the starting adapter when no evaluated step beat it, else Trainer's best
+    checkpoint (`None` when it recorded none). Training's closing load and `export_best` both choose with this."""
+    if _start_is_best(history, metric, greater, best_metric):
+        return os.path.join(work_dir, "init_adapter")
+    return os.path.join(work_dir, "checkpoints", os.path.basename(best_checkpoint)) if best_checkpoint else None
+
+
 def _trainer_settings(path: str) -> dict[str, Any]:
     """Effective batch and lr of a checkpoint's run (so an export's curve is drawn against samples seen)."""
-    if not os.path.exists(path):
+    targs = _training_args(path)
+    if targs is None:
         return {}
-    targs = torch.load(path, weights_only=False)
     return {"effective_batch": targs.per_device_train_batch_size * targs.gradient_accumulation_steps,
             "lr": targs.learning_rate}
 
@@ -376,11 +381,11 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     answers_reference = _reference_answers(work_dir, base, check) if check is not None else None
     start = time.time()
     trainer.train(resume_from_checkpoint=last)
-    if _start_is_best(trainer.state.log_history, targs.metric_for_best_model, targs.greater_is_better,
-                      trainer.state.best_metric):
-        trainer._load_from_checkpoint(adapter_path)  # no step beat the starting adapter: keep it, not the last one
-    elif trainer.state.best_model_checkpoint:
-        trainer._load_best_model()
+    # The best evaluated adapter, or the starting one when no step beat it (not the last step).
+    best = _best_adapter(work_dir, trainer.state.log_history, targs.metric_for_best_model, targs.greater_is_better,
+                         trainer.state.best_metric, trainer.state.best_model_checkpoint)
+    if best is not None and os.path.isfile(os.path.join(best, WEIGHTS_NAME)):
+        trainer._load_from_checkpoint(best)
     # The closing evaluation re-measures the best checkpoint's KL; its answers were checked at its own step already.
     trainer.answer_check = None
     metrics = trainer.evaluate()

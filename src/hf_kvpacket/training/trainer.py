@@ -58,9 +58,8 @@ class PacketDistillationTrainer(Trainer):
         else:
             metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         if self.answer_check is not None:
-            prefix = metric_key_prefix
             model = self.accelerator.unwrap_model(self.model)
-            extra = {f"{prefix}_{k}": round(v, 4) for k, v in self.answer_check(model.model, model.adapter).items()}
+            extra = {f"{metric_key_prefix}_{k}": round(v, 4) for k, v in self.answer_check(model.model, model.adapter).items()}
             self.log(extra)
             metrics.update(extra)  # the dict Trainer picks the best checkpoint from
         return metrics
