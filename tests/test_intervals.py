@@ -43,3 +43,54 @@ def test_tables_show_intervals_and_gap_share():
     assert abs(cell["gap_won"]["share"] - 0.6) < 1e-12 and cell["f1_ci"][0] < 0.6 < cell["f1_ci"][1]
     md = markdown_tables(summary)
     assert "gap won back" in md and "| kv_packet | 60% [" in md and "0.600 [" in md
+
+
+def _recs(method, f1s, sha="s", task="t"):
+    return [dict(task=task, method=method, id=str(i), answer="a" if f else "b", f1=f, example_sha=sha)
+            for i, f in enumerate(f1s)]
+
+
+def test_paired_difference_is_tighter_than_unpaired_and_signed():
+    from hf_kvpacket.evaluation.intervals import paired_difference
+
+    rng = random.Random(1)
+    base = [rng.random() for _ in range(60)]
+    better = [min(1.0, b + 0.1) for b in base]
+    lo, hi = paired_difference(better, base)
+    shift = sum(better) / 60 - sum(base) / 60
+    assert 0 < lo < shift < hi  # positive, around the observed shift
+    lo_u, hi_u = bootstrap_mean_ci(better)
+    assert (hi - lo) < 0.5 * (hi_u - lo_u)  # pairing removes the spread between examples
+    lo_r, hi_r = paired_difference(base, better)
+    assert abs(lo_r + hi) < 1e-12 and abs(hi_r + lo) < 1e-12  # antisymmetric with the same resamples
+    import pytest
+
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_difference([1.0], [1.0, 2.0])
+
+
+def test_compare_pairs_by_example_and_refuses_other_rows(tmp_path):
+    import json
+
+    import pytest
+
+    from hf_kvpacket.cli import main
+    from hf_kvpacket.evaluation.compare import compare_records, compare_runs
+    from hf_kvpacket.evaluation.report import ReportError
+
+    a = _recs("kv_packet", [1.0] * 6 + [0.0] * 4) + _recs("full_recompute", [1.0] * 10)
+    b = _recs("kv_packet", [1.0] * 3 + [0.0] * 7)[::-1] + _recs("cacheblend", [0.0] * 10)  # order does not matter
+    (row,) = compare_records(a, b)
+    assert row["n"] == 10 and abs(row["diff"] - 0.3) < 1e-12 and row["lo"] <= 0.3 <= row["hi"]
+    assert abs(compare_records(a, b, method_b="cacheblend")[0]["diff"] - 0.6) < 1e-12
+    fid = compare_records(a, a, metric="fidelity", method_b="full_recompute")[0]
+    assert fid["a"] == 0.6 and fid["b"] == 1.0  # answers agreeing with the run's own full recompute
+    with pytest.raises(ReportError, match="example_sha differs"):
+        compare_records(a, _recs("kv_packet", [1.0] * 10, sha="other"))
+    with pytest.raises(ReportError, match="check the method names"):
+        compare_records(a, b, method_b="epic")
+    for name, recs in (("x", a), ("y", b)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "samples.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
+    assert compare_runs(str(tmp_path / "x"), f"{tmp_path / 'y'}:cacheblend")[0]["b"] == 0.0
+    assert main(["compare", str(tmp_path / "x"), str(tmp_path / "y"), "--json"]) == 0

@@ -1,4 +1,4 @@
-"""The `kvpacket` command: `demo`, `encode`, `train`, `eval`, `bench`."""
+"""The `kvpacket` command: `demo`, `encode`, `train`, `eval`, `compare`, `bench`."""
 
 from __future__ import annotations
 
@@ -31,6 +31,14 @@ def _encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from .evaluation.compare import compare_runs, markdown
+
+    rows = compare_runs(args.a, args.b, metric=args.metric)
+    print(json.dumps(rows, indent=1) if args.json else markdown(rows, args.a, args.b, args.metric))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvpacket", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", default=None)
     p.add_argument("--store", default="packets")
     p.set_defaults(func=_encode)
+    p = sub.add_parser("compare", help="paired differences between two evaluation runs on the same rows")
+    p.add_argument("a", help="results folder, or DIR:method (default method: kv_packet)")
+    p.add_argument("b", help="results folder, or DIR:method (default: the first run's method)")
+    p.add_argument("--metric", default="f1", help="f1, exact_match, fidelity, ttft_s, ... (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print JSON rows instead of a markdown table")
+    p.set_defaults(func=_compare)
     from .bench import cli as bench_cli
     from .evaluation import cli as eval_cli
     from .training import cli as train_cli

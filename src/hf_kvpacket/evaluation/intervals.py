@@ -35,6 +35,20 @@ def bootstrap_mean_ci(values: Sequence[float], reps: int = REPS, seed: int = 0) 
     return float(lo), float(hi)
 
 
+def paired_difference(a: Sequence[float], b: Sequence[float], reps: int = REPS,
+                      seed: int = 0) -> tuple[float, float] | None:
+    """The 95% percentile-bootstrap interval of `mean(a) - mean(b)` for paired values (`a[i]`, `b[i]` are one example
+    scored two ways); `None` for fewer than 2 pairs.
+
+    >>> lo, hi = paired_difference([1.0, 0.5] * 20, [0.5, 0.5] * 20)
+    >>> 0.1 < lo < 0.25 < hi < 0.4
+    True
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired values need equal lengths, got {len(a)} and {len(b)}.")
+    return bootstrap_mean_ci(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64), reps=reps, seed=seed)
+
+
 def gap_share(per_method: Mapping[str, Mapping[str, float]], method: str, full: str = "full_recompute",
               none: str = "no_recompute", reps: int = REPS, seed: int = 0) -> dict[str, float | None] | None:
     """Share of the no-recompute -> full-recompute F1 gap that `method` wins back, with a paired bootstrap interval.
@@ -62,4 +76,4 @@ def gap_share(per_method: Mapping[str, Mapping[str, float]], method: str, full: 
     return {"share": share, "lo": float(lo), "hi": float(hi), "n": len(ids)}
 
 
-__all__ = ["bootstrap_mean_ci", "gap_share", "REPS", "LEVEL", "MIN_GAP"]
+__all__ = ["bootstrap_mean_ci", "paired_difference", "gap_share", "REPS", "LEVEL", "MIN_GAP"]
