@@ -248,8 +248,9 @@ def test_teacher_only_builds_rows_that_a_later_run_trains_on(tmp_path):
     assert both["id"][:5] == load_teacher_dataset(str(tmp_path / "a.work"))["id"] and len(set(both["id"])) == 9
     out = train_adapter(output=str(tmp_path / "c"), num_train=7, num_val=2, batch_size=2, grad_accum=1,
                         max_steps=1, eval_steps=1, teacher_from=f"{tmp_path / 'a.work'},{tmp_path / 'b.work'}",
-                        **common)
+                        warmup_steps=0, **common)
     assert (out["training_args"]["num_train"], out["training_args"]["num_val"]) == (7, 2)
+    assert out["training_args"]["warmup_steps"] == 0  # the default would be min(10, one epoch) = 4
     with pytest.raises(ValueError, match="drop --teacher-from"):
         train_adapter(output=str(tmp_path / "d"), teacher_only=True, teacher_from=str(tmp_path / "a.work"), **common)
 

@@ -62,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the checkpoint kept as best: lowest validation KL, highest answer fidelity (--answer-check), "
                         "or (mixed validation rows) the largest share of the no-adapter KL closed on the worst task")
     p.add_argument("--max-steps", type=int, default=-1)
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="linear warm-up steps before the linear decay (default: 10, or one epoch when shorter); "
+                        "changing it on --resume reshapes the rest of the schedule")
     p.add_argument("--resume", action="store_true", help="resume from the last checkpoint in the work dir")
     p.add_argument("--init-from", default=None,
                    help="adapter folder or Hub id to start from (warm start, e.g. a per-task adapter from the mixture)")
@@ -149,12 +152,12 @@ def _best_adapter(work_dir: str, history: list[dict[str, Any]], metric: str, gre
 
 
 def _trainer_settings(path: str) -> dict[str, Any]:
-    """Effective batch and lr of a checkpoint's run (so an export's curve is drawn against samples seen)."""
+    """Effective batch, lr and warm-up of a checkpoint's run (so an export's curve is drawn against samples seen)."""
     targs = _training_args(path)
     if targs is None:
         return {}
     return {"effective_batch": targs.per_device_train_batch_size * targs.gradient_accumulation_steps,
-            "lr": targs.learning_rate}
+            "lr": targs.learning_rate, "warmup_steps": targs.warmup_steps}
 
 
 REFERENCE_FILE = "no_adapter_val_kl.json"
@@ -255,7 +258,7 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
                   init_from: str | None = None, teacher_from: str | None = None, query_weight: float = 0.0,
                   teacher_dtype: str = "float32", student: str = "full", answer_check: int = 0,
                   select_on: str = "kl", model_and_tokenizer: tuple[Any, Any] | None = None,
-                  teacher_only: bool = False) -> dict[str, Any]:
+                  teacher_only: bool = False, warmup_steps: int | None = None) -> dict[str, Any]:
     """Teacher answers (cached) -> distillation with a linear-decay schedule -> best adapter (lowest held-out KL).
 
     `init_from` warm-starts from an existing adapter (same model and slot counts); `teacher_from` reuses the teacher
@@ -264,6 +267,7 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     `answer_check` > 0 answers that many validation rows greedily at every evaluation (:class:`AnswerCheck`);
     `select_on="fidelity"` then keeps the checkpoint whose answers agree most with the teacher's.
     `teacher_only` builds the teacher rows and returns without training (`{"teacher_rows": n}`).
+    `warmup_steps` (default 10, or one epoch when shorter) precede the linear decay to 0 at `max_steps`.
     """
     from transformers import TrainingArguments
 
@@ -366,7 +370,7 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     targs = TrainingArguments(
         output_dir=ckpt_dir, per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=batch_size, gradient_accumulation_steps=grad_accum, learning_rate=lr,
-        weight_decay=0.0, lr_scheduler_type="linear", warmup_steps=min(10, steps_per_epoch), num_train_epochs=epochs,
+        weight_decay=0.0, lr_scheduler_type="linear", warmup_steps=min(10, steps_per_epoch) if warmup_steps is None else warmup_steps, num_train_epochs=epochs,
         max_steps=max_steps, eval_strategy="steps", eval_steps=eval_steps, save_strategy="steps",
         # Trainer's own best-model loading needs save == eval steps; the best is loaded below instead, so checkpoints
         # can be more frequent than evaluations (metric_for_best_model still tracks and keeps the best checkpoint).
@@ -391,7 +395,7 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     metrics = trainer.evaluate()
     history = [h for h in trainer.state.log_history]
     training_args = {"task": task, "num_train": len(train), "num_val": len(val), "epochs": epochs, "lr": lr,
-                     "effective_batch": batch_size * grad_accum, "schedule": "linear decay", "loss": loss,
+                     "effective_batch": batch_size * grad_accum, "schedule": "linear decay", "warmup_steps": targs.warmup_steps, "loss": loss,
                      "query_weight": query_weight, "max_context_tokens": max_context_tokens, "teacher_max_new_tokens": max_new_tokens,
                      "dtype": dtype, "student": student, "init_from": init_from, "teacher_from": teacher_from, "best_val_kl": metrics.get("eval_loss"),
                      "no_adapter_val_kl": reference, "no_adapter_val_kl_per_task": task_references,
