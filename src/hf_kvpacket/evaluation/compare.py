@@ -22,9 +22,7 @@ from typing import Any
 
 from .intervals import paired_difference
 from .metrics import fidelity as fidelity_score
-from .report import SAMPLES_FILE, ReportError, read_records
-
-REFERENCE_METHOD = "full_recompute"
+from .report import SAMPLES_FILE, ReportError, read_records, reference_answers
 
 
 def _scores(records: Iterable[dict[str, Any]], method: str, metric: str,
@@ -47,11 +45,6 @@ def _scores(records: Iterable[dict[str, Any]], method: str, metric: str,
     return out
 
 
-def _reference_answers(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str], str]:
-    return {(r["task"], r["id"]): r["answer"] for r in records
-            if r.get("method") == REFERENCE_METHOD and not r.get("error")}
-
-
 def compare_records(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], method_a: str = "kv_packet",
                     method_b: str | None = None, metric: str = "f1", seed: int = 0) -> list[dict[str, Any]]:
     """Per task: mean `metric` of `method_a` in records `a` and of `method_b` (default the same) in `b`, on the
@@ -62,8 +55,8 @@ def compare_records(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], me
     example id carries different rows in the two runs.
     """
     method_b = method_b or method_a
-    sa = _scores(a, method_a, metric, _reference_answers(a) if metric == "fidelity" else None)
-    sb = _scores(b, method_b, metric, _reference_answers(b) if metric == "fidelity" else None)
+    sa = _scores(a, method_a, metric, reference_answers(a) if metric == "fidelity" else None)
+    sb = _scores(b, method_b, metric, reference_answers(b) if metric == "fidelity" else None)
     rows = []
     for task in sorted(set(sa) & set(sb)):
         ids = sorted(set(sa[task]) & set(sb[task]))
@@ -76,8 +69,9 @@ def compare_records(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], me
             continue
         x, y = [sa[task][i][1] for i in ids], [sb[task][i][1] for i in ids]
         ci = paired_difference(x, y, seed=seed)
-        rows.append({"task": task, "n": len(ids), "a": sum(x) / len(x), "b": sum(y) / len(y),
-                     "diff": sum(x) / len(x) - sum(y) / len(y), "lo": ci[0] if ci else None, "hi": ci[1] if ci else None})
+        mean_a, mean_b = sum(x) / len(x), sum(y) / len(y)
+        rows.append({"task": task, "n": len(ids), "a": mean_a, "b": mean_b, "diff": mean_a - mean_b,
+                     "lo": ci[0] if ci else None, "hi": ci[1] if ci else None})
     if not rows:
         raise ReportError(f"No task has two or more examples answered by both {method_a!r} (first run) and "
                           f"{method_b!r} (second run); check the method names (`DIR:method`) and that both runs used "

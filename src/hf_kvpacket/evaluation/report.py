@@ -77,6 +77,11 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
+def reference_answers(records: Iterable[dict[str, Any]], reference: str = REFERENCE_METHOD) -> dict[tuple[str, str], str]:
+    """`(task, id) -> answer` of the `reference` method's successful records: what fidelity is measured against."""
+    return {(r["task"], r["id"]): r["answer"] for r in records if r["method"] == reference and "error" not in r}
+
+
 def _mean(values: Iterable[float]) -> float | None:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
@@ -132,7 +137,7 @@ def aggregate(
     records = list(latest.values())
     task_names = _ordered((r["task"] for r in records), tasks)
     method_names = _ordered((r["method"] for r in records), methods)
-    ref_answers = {(r["task"], r["id"]): r["answer"] for r in records if r["method"] == reference and "error" not in r}
+    ref_answers = reference_answers(records, reference)
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for task in task_names:
         results[task] = {}
@@ -404,6 +409,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "REFERENCE_METHOD",
+    "reference_answers",
     "SAMPLES_FILE",
     "RESULTS_FILE",
     "TABLE_FILE",
