@@ -234,7 +234,7 @@ def test_train_cli_end_to_end_warm_start_and_teacher_reuse(tmp_path):
 def test_teacher_only_builds_rows_that_a_later_run_trains_on(tmp_path):
     """`--teacher-only` makes a run's teacher rows and stops (no checkpoints); a later run reads them after another
     run's rows with `teacher_from="a,b"`, so its validation rows stay the first run's."""
-    from hf_kvpacket.training.cli import load_teacher_dataset, train_adapter
+    from hf_kvpacket.training.cli import load_teacher_dataset, teacher_settings, train_adapter
     from tiny_models import ToyTokenizer
 
     mt = (build("llama"), ToyTokenizer())
@@ -253,6 +253,20 @@ def test_teacher_only_builds_rows_that_a_later_run_trains_on(tmp_path):
     assert out["training_args"]["warmup_steps"] == 0  # the default would be min(10, one epoch) = 4
     with pytest.raises(ValueError, match="drop --teacher-from"):
         train_adapter(output=str(tmp_path / "d"), teacher_only=True, teacher_from=str(tmp_path / "a.work"), **common)
+    # Longer rows (another context budget) mix in; another answer budget would teach something else and is refused.
+    longer = dict(common, max_context_tokens=320)
+    train_adapter(output=str(tmp_path / "e"), num_train=2, num_val=0, seed=3, teacher_only=True, **longer)
+    mixed = f"{tmp_path / 'a.work'},{tmp_path / 'e.work'}"
+    assert teacher_settings(mixed)["max_context_tokens"] == 320 and len(load_teacher_dataset(mixed)) == 7
+    out = train_adapter(output=str(tmp_path / "f"), num_train=5, num_val=2, batch_size=1, grad_accum=2,
+                        max_steps=1, eval_steps=1, teacher_from=mixed, warmup_steps=0, **common)
+    assert out["training_args"]["max_context_tokens"] == 320
+    other = dict(common, max_new_tokens=4)
+    train_adapter(output=str(tmp_path / "g"), num_train=2, num_val=0, seed=4, teacher_only=True, **other)
+    with pytest.raises(ValueError, match="other teacher settings.*max_new_tokens"):
+        load_teacher_dataset(f"{tmp_path / 'a.work'},{tmp_path / 'g.work'}")
+    with pytest.raises(FileNotFoundError, match="--teacher-only"):
+        load_teacher_dataset(str(tmp_path / "nowhere"))
 
 
 def test_trainer_runs_unchanged_under_accelerate_launch_ddp(tmp_path):

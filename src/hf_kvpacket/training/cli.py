@@ -227,22 +227,47 @@ def _teacher_dir(path: str) -> str:
     return os.path.join(path, "teacher") if os.path.isdir(os.path.join(path, "teacher")) else path
 
 
+def teacher_settings(path: str) -> dict[str, Any]:
+    """The teacher settings shared by one or more runs' rows (comma-separated work dirs or `teacher` folders).
+
+    Answer budget, top-k, system prompt and query targets must agree: they decide what the student is taught. The
+    context budget may differ (short mixture rows beside long NIAH rows, so an adapter sees the lengths it is
+    evaluated on): it only chose which documents each row kept, and the kept token ids are stored with the row. The
+    result names the largest budget.
+    """
+    settings, first = None, path.split(",")[0]
+    for one in path.split(","):
+        tdir = _teacher_dir(one)
+        cfg_file = os.path.join(tdir, "teacher_config.json")
+        if not os.path.isfile(cfg_file):
+            raise FileNotFoundError(f"No teacher rows in {tdir} ({cfg_file} is missing); build them with "
+                                    f"`kvpacket train ... --work-dir {one} --teacher-only`.")
+        with open(cfg_file) as f:
+            cfg = json.load(f)
+        if settings is None:
+            settings = dict(cfg)
+            continue
+        differ = {k: (settings.get(k), cfg.get(k)) for k in set(settings) | set(cfg)
+                  if k != "max_context_tokens" and settings.get(k) != cfg.get(k)}
+        if differ:
+            raise ValueError(f"{tdir} was made with other teacher settings than {first}: {differ} "
+                             "(first run's value, this one's); rebuild one of them with the other's settings.")
+        settings["max_context_tokens"] = max(settings["max_context_tokens"], cfg["max_context_tokens"])
+    return settings
+
+
 def load_teacher_dataset(path: str):
     """The teacher rows stored by one or more runs (comma-separated work dirs or `teacher` folders), in order.
 
-    Several runs must share the teacher settings (answer budget, context budget); the first run's rows come first,
-    so a later run's `num_val` validation rows stay those of the first.
+    The runs must share the teacher settings (:func:`teacher_settings`); the first run's rows come first, so a later
+    run's `num_val` validation rows stay those of the first.
     """
     import datasets
 
-    parts, settings = [], None
+    teacher_settings(path)
+    parts = []
     for one in path.split(","):
         tdir = _teacher_dir(one)
-        with open(os.path.join(tdir, "teacher_config.json")) as f:
-            cfg = json.load(f)
-        if settings is not None and cfg != settings:
-            raise ValueError(f"{tdir} was made with other teacher settings than {path.split(',')[0]}: {cfg}")
-        settings = cfg
         shards = sorted(d for d in os.listdir(tdir) if d.startswith("shard-") and not d.endswith(".tmp"))
         if not shards:
             raise FileNotFoundError(f"No teacher shards in {tdir}.")
@@ -301,8 +326,7 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
             teacher = teacher.filter(lambda r: r["task"] == task)
         if len(teacher) == 0:
             raise ValueError(f"{teacher_from} holds no teacher rows of task {task!r}.")
-        with open(os.path.join(_teacher_dir(teacher_from.split(",")[0]), "teacher_config.json")) as f:
-            tcfg_used = json.load(f)
+        tcfg_used = teacher_settings(teacher_from)
         max_new_tokens, max_context_tokens = tcfg_used["max_new_tokens"], tcfg_used["max_context_tokens"]
         teacher = teacher.select(range(min(len(teacher), num_train + num_val)))
     else:
