@@ -269,6 +269,42 @@ def test_teacher_only_builds_rows_that_a_later_run_trains_on(tmp_path):
         load_teacher_dataset(str(tmp_path / "nowhere"))
 
 
+def test_validation_kl_does_not_depend_on_the_batch_size(tmp_path):
+    """Every validation row counts once whatever --batch-size is (Trainer would average per-batch token means), so
+    runs trained with different batch sizes log comparable KLs."""
+    import json
+
+    from hf_kvpacket.training.cli import train_adapter
+    from tiny_models import ToyTokenizer
+
+    mt = (build("llama"), ToyTokenizer())
+    common = dict(model="tiny-llama", task="biography", max_context_tokens=160, max_new_tokens=3, header=2,
+                  trailer=2, dtype="float32", no_progress=True, model_and_tokenizer=mt)
+    import shutil
+
+    from hf_kvpacket.training.cli import load_teacher_dataset
+
+    train_adapter(output=str(tmp_path / "rows"), num_train=3, num_val=3, seed=1, teacher_only=True, **common)
+    # answers of 1 and 3 tokens: in a batch of 3, a token mean would weigh the short row a third of the others
+    rows = load_teacher_dataset(str(tmp_path / "rows.work")).map(
+        lambda r, i: {k: r[k][:1] for k in ("teacher_ids", "teacher_topk_ids", "teacher_topk_logprobs")} if i == 0 else {},
+        with_indices=True)
+    assert sorted({len(t) for t in rows.select(range(3))["teacher_ids"]}) == [1, 3]
+    (tmp_path / "mixed" / "teacher").mkdir(parents=True)
+    shutil.copy(tmp_path / "rows.work" / "teacher" / "teacher_config.json", tmp_path / "mixed" / "teacher")
+    rows.save_to_disk(str(tmp_path / "mixed" / "teacher" / "shard-000000"))
+    logs = []
+    for b in (1, 3):
+        out = train_adapter(output=str(tmp_path / f"b{b}"), num_train=3, num_val=3, batch_size=b, grad_accum=1,
+                            max_steps=1, eval_steps=1, lr=0.0, teacher_from=str(tmp_path / "mixed"), **common)
+        assert out["training_args"]["eval_batch_size"] == 1
+        with open(tmp_path / f"b{b}.work" / "no_adapter_val_kl.json") as f:
+            logs.append((out["training_args"]["no_adapter_val_kl"], json.load(f)["eval_batch_size"],
+                         out["metrics"]["eval_loss"]))
+    assert logs[0][0] != 0 and math.isclose(logs[0][0], logs[1][0], rel_tol=1e-6) and logs[0][1] == logs[1][1] == 1
+    assert math.isclose(logs[0][2], logs[1][2], rel_tol=1e-6)  # the (unchanged, lr 0) adapter's KL too
+
+
 def test_trainer_runs_unchanged_under_accelerate_launch_ddp(tmp_path):
     """Two processes (DDP over gloo on CPU, launched by `accelerate launch`): ranks stay in sync and learn."""
     import os

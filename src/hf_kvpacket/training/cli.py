@@ -161,6 +161,10 @@ def _trainer_settings(path: str) -> dict[str, Any]:
 
 
 REFERENCE_FILE = "no_adapter_val_kl.json"
+# Validation rows are evaluated one at a time: Trainer averages per-batch token means, so with larger eval batches a
+# row's weight would depend on the batch it lands in and on the training batch size (v13's KL .1565 at batch 4 is
+# .1757 at batch 1 for the same weights): runs with different batch sizes could not be compared.
+EVAL_BATCH_SIZE = 1
 
 
 def _read_kept(work_dir: str, name: str) -> dict[str, Any] | None:
@@ -183,18 +187,20 @@ def _keep(work_dir: str, name: str, payload: dict[str, Any]) -> None:
 def _reference_kl(work_dir: str, base: Any, val: Any, pad: int, batch_size: int,
                   loss: str) -> tuple[float, dict[str, float] | None]:
     """The no-adapter validation KL of this run, overall and (mixed validation rows) per task, measured the way the
-    trainer measures the adapter; computed once and kept in the work dir for resumed runs."""
+    trainer measures the adapter (`batch_size` is the eval batch size); computed once and kept in the work dir for
+    resumed runs, recomputed when it was measured another way."""
     from .reference import no_adapter_kl
     from .trainer import task_rows
 
     tasks = task_rows(val)
     stored = _read_kept(work_dir, REFERENCE_FILE)
-    if stored is not None and (len(tasks) < 2 or "per_task" in stored):
+    if (stored is not None and (len(tasks) < 2 or "per_task" in stored)
+            and stored.get("eval_batch_size") == batch_size and stored.get("num_val") == len(val)):
         return stored["no_adapter_val_kl"], stored.get("per_task")
     kl = lambda rows: no_adapter_kl(base, rows, pad_token_id=pad, batch_size=batch_size, loss_type=loss)  # noqa: E731
     per_task = {t: kl(val.select(rows)) for t, rows in tasks.items()} if len(tasks) > 1 else None
     value = sum(per_task[t] * len(rows) for t, rows in tasks.items()) / len(val) if per_task else kl(val)
-    _keep(work_dir, REFERENCE_FILE, {"no_adapter_val_kl": value, "num_val": len(val),
+    _keep(work_dir, REFERENCE_FILE, {"no_adapter_val_kl": value, "num_val": len(val), "eval_batch_size": batch_size,
                                      **({"per_task": per_task} if per_task else {})})
     return value, per_task
 
@@ -393,7 +399,7 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
         last = os.path.join(ckpt_dir, cks[-1]) if cks else None
     targs = TrainingArguments(
         output_dir=ckpt_dir, per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size, gradient_accumulation_steps=grad_accum, learning_rate=lr,
+        per_device_eval_batch_size=EVAL_BATCH_SIZE, gradient_accumulation_steps=grad_accum, learning_rate=lr,
         weight_decay=0.0, lr_scheduler_type="linear", warmup_steps=min(10, steps_per_epoch) if warmup_steps is None else warmup_steps, num_train_epochs=epochs,
         max_steps=max_steps, eval_strategy="steps", eval_steps=eval_steps, save_strategy="steps",
         # Trainer's own best-model loading needs save == eval steps; the best is loaded below instead, so checkpoints
@@ -404,7 +410,7 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     )
     trainer = PacketDistillationTrainer(model=wrapper, args=targs, train_dataset=train, eval_dataset=val,
                                         data_collator=collator, answer_check=check)
-    reference, task_references = _reference_kl(work_dir, base, val, pad, batch_size, loss)
+    reference, task_references = _reference_kl(work_dir, base, val, pad, EVAL_BATCH_SIZE, loss)
     trainer.task_references = task_references
     answers_reference = _reference_answers(work_dir, base, check) if check is not None else None
     start = time.time()
@@ -419,7 +425,7 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     metrics = trainer.evaluate()
     history = [h for h in trainer.state.log_history]
     training_args = {"task": task, "num_train": len(train), "num_val": len(val), "epochs": epochs, "lr": lr,
-                     "effective_batch": batch_size * grad_accum, "schedule": "linear decay", "warmup_steps": targs.warmup_steps, "loss": loss,
+                     "effective_batch": batch_size * grad_accum, "eval_batch_size": EVAL_BATCH_SIZE, "schedule": "linear decay", "warmup_steps": targs.warmup_steps, "loss": loss,
                      "query_weight": query_weight, "max_context_tokens": max_context_tokens, "teacher_max_new_tokens": max_new_tokens,
                      "dtype": dtype, "student": student, "init_from": init_from, "teacher_from": teacher_from, "best_val_kl": metrics.get("eval_loss"),
                      "no_adapter_val_kl": reference, "no_adapter_val_kl_per_task": task_references,
