@@ -150,7 +150,7 @@ def test_shipped_adapter_cards_match_their_evaluation(folder):
     if source is None:
         assert "model-index" not in meta  # no numbers without a source
         return
-    expected = card_results_from_eval(os.path.join(repo, source))
+    expected = card_results_from_eval([os.path.join(repo, one) for one in source.split(",")])
     with open(os.path.join(folder, "eval_results.json"), encoding="utf-8") as f:
         assert json.load(f) == expected
     in_card = {r["dataset"]["name"]: {m["type"]: m["value"] for m in r["metrics"]} for r in meta["model-index"][0]["results"]}
@@ -255,3 +255,39 @@ def test_shipped_adapters_name_their_base_architecture():
     for folder in _shipped_adapters():
         cfg = KVPacketConfig.from_pretrained(folder)
         assert cfg.base_model_architecture and cfg.base_model_architecture["hidden_size"] == cfg.hidden_size
+
+
+def test_card_from_one_evaluation_per_task(tmp_path, monkeypatch):
+    """A mixture adapter evaluated task by task: the card takes each task from its own run, names every run, and
+    refuses a task that two runs evaluate."""
+    import json
+
+    from hf_kvpacket.evaluation.card import card_results_from_eval, update_card
+
+    monkeypatch.chdir(tmp_path)
+    _saved(tmp_path / "ad")
+    with open(tmp_path / "ad" / "training_log.json", "w") as f:
+        json.dump({"training_args": {"task": "mixture", "eval_command": "stale"}, "log_history": []}, f)
+
+    def run(name, task, f1):
+        methods = {"kv_packet": {"f1": f1, "exact_match": 0.0, "fidelity": 0.5, "n": 10},
+                   "full_recompute": {"f1": 0.9, "exact_match": 0.5, "n": 10},
+                   "no_recompute": {"f1": 0.1, "exact_match": 0.0, "n": 10}}
+        (tmp_path / name).mkdir()
+        with open(tmp_path / name / "results.json", "w") as f:
+            json.dump({"results": {task: methods}, "meta": {"command": f"kvpacket eval --tasks {task}"}}, f)
+        return f"{name}/results.json"
+
+    a, b, c = run("a", "biography", 0.6), run("b", "squad", 0.4), run("c", "squad", 0.3)
+    update_card("ad", [a, b])
+    with open(tmp_path / "ad" / "eval_results.json") as f:
+        assert {t: r["f1"] for t, r in json.load(f).items()} == {"biography": 0.6, "squad": 0.4}
+    with open(tmp_path / "ad" / "training_log.json") as f:
+        args = json.load(f)["training_args"]
+    assert args["eval_source"] == f"{a},{b}" and args["eval_command"] == ["kvpacket eval --tasks biography",
+                                                                           "kvpacket eval --tasks squad"]
+    assert card_results_from_eval(args["eval_source"]) == card_results_from_eval([a, b])
+    card = open(tmp_path / "ad" / "README.md", encoding="utf-8").read()
+    assert "biography" in card and "squad" in card
+    with pytest.raises(ValueError, match="both in b/results.json and in c/results.json"):
+        update_card("ad", f"{a},{b},{c}")
