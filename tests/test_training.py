@@ -231,15 +231,20 @@ def test_train_cli_end_to_end_warm_start_and_teacher_reuse(tmp_path):
         PacketAdapter.from_pretrained(tmp_path / "exported").fingerprint
 
 
+def _tiny_biography_run() -> dict:
+    """`train_adapter` keywords for a biography run of the tiny llama (3-token answers, 2+2 slots, float32)."""
+    from tiny_models import ToyTokenizer
+
+    return dict(model="tiny-llama", task="biography", max_context_tokens=160, max_new_tokens=3, header=2, trailer=2,
+                dtype="float32", no_progress=True, model_and_tokenizer=(build("llama"), ToyTokenizer()))
+
+
 def test_teacher_only_builds_rows_that_a_later_run_trains_on(tmp_path):
     """`--teacher-only` makes a run's teacher rows and stops (no checkpoints); a later run reads them after another
     run's rows with `teacher_from="a,b"`, so its validation rows stay the first run's."""
     from hf_kvpacket.training.cli import load_teacher_dataset, teacher_settings, train_adapter
-    from tiny_models import ToyTokenizer
 
-    mt = (build("llama"), ToyTokenizer())
-    common = dict(model="tiny-llama", task="biography", max_context_tokens=160, max_new_tokens=3, header=2,
-                  trailer=2, dtype="float32", no_progress=True, model_and_tokenizer=mt)
+    common = _tiny_biography_run()
     first = train_adapter(output=str(tmp_path / "a"), num_train=3, num_val=2, seed=1, teacher_only=True, **common)
     more = train_adapter(output=str(tmp_path / "b"), num_train=4, num_val=0, seed=2, teacher_only=True, **common)
     assert (first["teacher_rows"], more["teacher_rows"]) == (5, 4)
@@ -273,17 +278,11 @@ def test_validation_kl_does_not_depend_on_the_batch_size(tmp_path):
     """Every validation row counts once whatever --batch-size is (Trainer would average per-batch token means), so
     runs trained with different batch sizes log comparable KLs."""
     import json
-
-    from hf_kvpacket.training.cli import train_adapter
-    from tiny_models import ToyTokenizer
-
-    mt = (build("llama"), ToyTokenizer())
-    common = dict(model="tiny-llama", task="biography", max_context_tokens=160, max_new_tokens=3, header=2,
-                  trailer=2, dtype="float32", no_progress=True, model_and_tokenizer=mt)
     import shutil
 
-    from hf_kvpacket.training.cli import load_teacher_dataset
+    from hf_kvpacket.training.cli import load_teacher_dataset, train_adapter
 
+    common = _tiny_biography_run()
     train_adapter(output=str(tmp_path / "rows"), num_train=3, num_val=3, seed=1, teacher_only=True, **common)
     # answers of 1 and 3 tokens: in a batch of 3, a token mean would weigh the short row a third of the others
     rows = load_teacher_dataset(str(tmp_path / "rows.work")).map(

@@ -184,10 +184,9 @@ def _keep(work_dir: str, name: str, payload: dict[str, Any]) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _reference_kl(work_dir: str, base: Any, val: Any, pad: int, batch_size: int,
-                  loss: str) -> tuple[float, dict[str, float] | None]:
+def _reference_kl(work_dir: str, base: Any, val: Any, pad: int, loss: str) -> tuple[float, dict[str, float] | None]:
     """The no-adapter validation KL of this run, overall and (mixed validation rows) per task, measured the way the
-    trainer measures the adapter (`batch_size` is the eval batch size); computed once and kept in the work dir for
+    trainer measures the adapter (`EVAL_BATCH_SIZE` rows at a time); computed once and kept in the work dir for
     resumed runs, recomputed when it was measured another way."""
     from .reference import no_adapter_kl
     from .trainer import task_rows
@@ -195,12 +194,12 @@ def _reference_kl(work_dir: str, base: Any, val: Any, pad: int, batch_size: int,
     tasks = task_rows(val)
     stored = _read_kept(work_dir, REFERENCE_FILE)
     if (stored is not None and (len(tasks) < 2 or "per_task" in stored)
-            and stored.get("eval_batch_size") == batch_size and stored.get("num_val") == len(val)):
+            and stored.get("eval_batch_size") == EVAL_BATCH_SIZE and stored.get("num_val") == len(val)):
         return stored["no_adapter_val_kl"], stored.get("per_task")
-    kl = lambda rows: no_adapter_kl(base, rows, pad_token_id=pad, batch_size=batch_size, loss_type=loss)  # noqa: E731
+    kl = lambda rows: no_adapter_kl(base, rows, pad_token_id=pad, batch_size=EVAL_BATCH_SIZE, loss_type=loss)  # noqa: E731
     per_task = {t: kl(val.select(rows)) for t, rows in tasks.items()} if len(tasks) > 1 else None
     value = sum(per_task[t] * len(rows) for t, rows in tasks.items()) / len(val) if per_task else kl(val)
-    _keep(work_dir, REFERENCE_FILE, {"no_adapter_val_kl": value, "num_val": len(val), "eval_batch_size": batch_size,
+    _keep(work_dir, REFERENCE_FILE, {"no_adapter_val_kl": value, "num_val": len(val), "eval_batch_size": EVAL_BATCH_SIZE,
                                      **({"per_task": per_task} if per_task else {})})
     return value, per_task
 
@@ -410,7 +409,7 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     )
     trainer = PacketDistillationTrainer(model=wrapper, args=targs, train_dataset=train, eval_dataset=val,
                                         data_collator=collator, answer_check=check)
-    reference, task_references = _reference_kl(work_dir, base, val, pad, EVAL_BATCH_SIZE, loss)
+    reference, task_references = _reference_kl(work_dir, base, val, pad, loss)
     trainer.task_references = task_references
     answers_reference = _reference_answers(work_dir, base, check) if check is not None else None
     start = time.time()
