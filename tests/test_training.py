@@ -534,3 +534,31 @@ def test_mixed_validation_is_evaluated_per_task_against_each_tasks_reference(tmp
         assert m["eval_worst_task_gain"] == min(m["eval_a_gain"], m["eval_b_gain"])
     assert "eval_a_loss" not in PacketDistillationTrainer(model=wrapper, args=args, eval_dataset=data.select([1, 3]),
                                                           data_collator=DistillationCollator(2, 2)).evaluate()
+
+
+def test_task_options_shape_the_rows_and_are_recorded(tmp_path):
+    """`--task-option min_documents=...` reaches the row generator, is stored beside the teacher rows and in the
+    training log, and a resumed build with other options is refused instead of mixing two distributions."""
+    import json
+
+    from hf_kvpacket.training.cli import load_teacher_dataset, parse_task_options, train_adapter
+
+    common = dict(_tiny_biography_run(), max_context_tokens=480)  # room for three short biographies
+    options = parse_task_options(["min_documents=3", "max_documents=3"])
+    assert options == {"min_documents": 3, "max_documents": 3}
+    train_adapter(output=str(tmp_path / "many"), num_train=3, num_val=1, seed=1, teacher_only=True,
+                  task_options=options, **common)
+    rows = load_teacher_dataset(str(tmp_path / "many.work"))
+    assert [len(d) for d in rows["document_ids"]] == [3, 3, 3, 3]  # the default draws 2-8 people per row
+    assert json.loads((tmp_path / "many.work" / "teacher" / "task_options.json").read_text()) == options
+    with pytest.raises(ValueError, match="same options"):
+        train_adapter(output=str(tmp_path / "many"), num_train=3, num_val=1, seed=1, teacher_only=True,
+                      task_options={"min_documents": 2, "max_documents": 3}, **common)
+    with pytest.raises(ValueError, match="drop --task-option"):
+        train_adapter(output=str(tmp_path / "x"), teacher_from=str(tmp_path / "many.work"), task_options=options,
+                      **common)
+    out = train_adapter(output=str(tmp_path / "run"), num_train=3, num_val=1, seed=1, batch_size=1, grad_accum=1,
+                        max_steps=1, eval_steps=1, warmup_steps=0, task_options=options, **common)
+    assert out["training_args"]["task_options"] == options
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_task_options(["min_documents"])

@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -25,6 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="mixture", help="biography | niah | hotpotqa | squad | mixture")
     p.add_argument("--output", required=True, help="adapter folder (best adapter is written here)")
     p.add_argument("--work-dir", default=None, help="teacher data + checkpoints (default: <output>.work)")
+    p.add_argument("--task-option", action="append", default=None, metavar="KEY=VALUE", dest="task_options",
+                   help="an option of the task's row generator, repeatable (e.g. --task-option min_documents=6 "
+                        "--task-option max_documents=12 for biography rows with more people); recorded with the "
+                        "teacher rows")
     p.add_argument("--num-train", type=int, default=512)
     p.add_argument("--num-val", type=int, default=64)
     p.add_argument("--seed", type=int, default=42)
@@ -78,13 +83,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write the best checkpoint so far to --output (e.g. while or after an interrupted run)")
 
 
+def parse_task_options(items: Sequence[str] | None) -> dict[str, Any]:
+    """`["min_documents=6", "name=x"]` -> `{"min_documents": 6, "name": "x"}` (values read as JSON, else as text).
+
+    >>> parse_task_options(["min_documents=6", 'tasks=["biography"]', "name=x"])
+    {'min_documents': 6, 'tasks': ['biography'], 'name': 'x'}
+    """
+    options: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--task-option {item!r}: expected KEY=VALUE, e.g. --task-option min_documents=6.")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.export_only:
         export_best(args.work_dir or args.output.rstrip("/") + ".work", args.output, task=args.task)
         return 0
-    train_adapter(**{k: v for k, v in vars(args).items() if k not in ("func", "command", "export_only", "threads")})
+    kwargs = {k: v for k, v in vars(args).items() if k not in ("func", "command", "export_only", "threads")}
+    kwargs["task_options"] = parse_task_options(args.task_options)
+    train_adapter(**kwargs)
     return 0
 
 
@@ -232,6 +257,33 @@ def _teacher_dir(path: str) -> str:
     return os.path.join(path, "teacher") if os.path.isdir(os.path.join(path, "teacher")) else path
 
 
+TASK_OPTIONS_FILE = "task_options.json"
+
+
+def _check_task_options(teacher_dir: str, options: dict[str, Any]) -> None:
+    """Record the row generator's options beside the teacher rows; a resumed build must use the same ones.
+
+    The rows' fingerprint covers their ids, which do not change with e.g. `min_documents`: without this check a
+    resumed build would append rows of another distribution to the ones already made.
+    """
+    path = os.path.join(teacher_dir, TASK_OPTIONS_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            stored = json.load(f)
+        if stored != options:
+            raise ValueError(f"{teacher_dir} holds rows made with --task-option {stored}, this run asks for {options}; "
+                             "rerun with the same options or use another --work-dir.")
+        return
+    if os.path.isdir(teacher_dir) and any(d.startswith("shard-") for d in os.listdir(teacher_dir)):
+        if options:  # rows made before options were recorded: their generator ran with the defaults
+            raise ValueError(f"{teacher_dir} holds rows made without --task-option; use another --work-dir for "
+                             f"rows with {options}.")
+        return
+    os.makedirs(teacher_dir, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(options, f, indent=2)
+
+
 def teacher_settings(path: str) -> dict[str, Any]:
     """The teacher settings shared by one or more runs' rows (comma-separated work dirs or `teacher` folders).
 
@@ -288,7 +340,8 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
                   init_from: str | None = None, teacher_from: str | None = None, query_weight: float = 0.0,
                   teacher_dtype: str = "float32", student: str = "full", answer_check: int = 0,
                   select_on: str = "kl", model_and_tokenizer: tuple[Any, Any] | None = None,
-                  teacher_only: bool = False, warmup_steps: int | None = None) -> dict[str, Any]:
+                  teacher_only: bool = False, warmup_steps: int | None = None,
+                  task_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Teacher answers (cached) -> distillation with a linear-decay schedule -> best adapter (lowest held-out KL).
 
     `init_from` warm-starts from an existing adapter (same model and slot counts); `teacher_from` reuses the teacher
@@ -313,6 +366,10 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
                          "a checkpoint the best one can be kept from (e.g. --save-steps 2 --eval-steps 8).")
     if teacher_only and teacher_from is not None:
         raise ValueError("--teacher-only builds new teacher rows in the work dir; drop --teacher-from.")
+    task_options = dict(task_options or {})
+    if task_options and teacher_from is not None:
+        raise ValueError("--task-option shapes the rows this run makes; with --teacher-from the rows already exist "
+                         "(their options are in each work dir's teacher/task_options.json): drop --task-option.")
     work_dir = work_dir or output.rstrip("/") + ".work"
     os.makedirs(work_dir, exist_ok=True)
     from ..hardware import resolve_dtype
@@ -335,7 +392,8 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
         max_new_tokens, max_context_tokens = tcfg_used["max_new_tokens"], tcfg_used["max_context_tokens"]
         teacher = teacher.select(range(min(len(teacher), num_train + num_val)))
     else:
-        rows = load_task(task, split="train", num_samples=num_train + num_val, seed=seed)
+        _check_task_options(os.path.join(work_dir, "teacher"), task_options)
+        rows = load_task(task, split="train", num_samples=num_train + num_val, seed=seed, **task_options)
         rows = rows.shuffle(seed=seed)
         tcfg = TeacherConfig(max_new_tokens=max_new_tokens, max_context_tokens=max_context_tokens,
                              query_targets=query_weight > 0)
@@ -426,7 +484,7 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     training_args = {"task": task, "num_train": len(train), "num_val": len(val), "epochs": epochs, "lr": lr,
                      "effective_batch": batch_size * grad_accum, "eval_batch_size": EVAL_BATCH_SIZE, "schedule": "linear decay", "warmup_steps": targs.warmup_steps, "loss": loss,
                      "query_weight": query_weight, "max_context_tokens": max_context_tokens, "teacher_max_new_tokens": max_new_tokens,
-                     "dtype": dtype, "student": student, "init_from": init_from, "teacher_from": teacher_from, "best_val_kl": metrics.get("eval_loss"),
+                     "task_options": task_options or None, "dtype": dtype, "student": student, "init_from": init_from, "teacher_from": teacher_from, "best_val_kl": metrics.get("eval_loss"),
                      "no_adapter_val_kl": reference, "no_adapter_val_kl_per_task": task_references,
                      "no_adapter_answers": answers_reference, "select_on": select_on,
                      "steps": trainer.state.global_step,
