@@ -521,6 +521,27 @@ def test_by_context_length_buckets_by_the_reference_prompt():
     assert "| t | <1024 | 1 | 1.000 (1.000) | 0.500 (0.667) |" in markdown_tables(aggregate(records))
 
 
+def test_by_document_count_buckets_by_documents_per_example():
+    from hf_kvpacket.evaluation.report import aggregate, markdown_tables
+
+    def rec(method, i, docs, answer, f1):
+        return {"task": "t", "method": method, "id": str(i), "answer": answer, "f1": f1, "exact_match": 0.0,
+                "ttft_s": 1.0, "flops": 1.0, "recomputed_tokens": 0, "context_tokens": 100, "num_documents": docs}
+
+    records = [rec("full_recompute", 1, 2, "a", 1.0), rec("full_recompute", 2, 7, "b", 1.0),
+               rec("full_recompute", 3, 12, "c", 0.0), rec("kv_packet", 1, 2, "a", 1.0),
+               rec("kv_packet", 2, 7, "x", 0.0), rec("kv_packet", 3, 12, "c", 0.0)]
+    summary = aggregate(records)
+    by = summary["by_documents"]["t"]
+    assert list(by) == ["<4", "6-8", ">=9"]
+    assert by["6-8"]["kv_packet"] == {"f1": 0.0, "fidelity": 0.0, "n": 1}
+    assert by[">=9"]["kv_packet"] == {"f1": 0.0, "fidelity": 1.0, "n": 1}  # wrong, but the reference's answer
+    tables = markdown_tables(summary)
+    assert "By number of documents" in tables and "| t | 6-8 | 1 | 1.000 (1.000) | 0.000 (0.000) |" in tables
+    # one bucket only (every example the same size): no table
+    assert "By number of documents" not in markdown_tables(aggregate(records[:1] + records[3:4]))
+
+
 def test_eval_cli_is_registered():
     from hf_kvpacket.cli import build_parser
 

@@ -6,6 +6,7 @@ is a pure function of those records, so a report can be rebuilt at any time (`kv
 * :func:`aggregate` -> per task x method: F1, exact match, fidelity to the full-recompute answer (PITFALLS #15),
   mean/median TTFT, mean FLOPs, recomputed tokens, number of samples; plus a macro mean over tasks.
 * :func:`by_context_length` -> the same scores per context-length bucket (does an adapter transfer to longer prompts).
+* :func:`by_document_count` -> the same per number of documents (does it close the gap where documents compete).
 * :func:`markdown_tables` -> the tables as markdown.
 * :func:`plot_f1_by_task` (grouped bars) and :func:`plot_f1_vs_ttft` (log-x scatter), matplotlib with the Agg canvas.
 * :func:`write_report` -> `results.json`, `results.md` and the two PNGs in a results folder.
@@ -178,10 +179,45 @@ def aggregate(
         mean[method]["errors"] = sum(results[t][method]["errors"] for t in task_names if method in results[t])
         mean[method]["tasks_covered"] = len(cells)
     return {"tasks": task_names, "methods": method_names, "reference": reference, "results": results, "mean": mean,
-            "by_context": by_context_length(records, method_names, reference)}
+            "by_context": by_context_length(records, method_names, reference),
+            "by_documents": by_document_count(records, method_names, reference)}
 
 
 CONTEXT_EDGES = (1024, 2048)
+DOCUMENT_EDGES = (4, 6, 9)
+
+
+def _bucket_labels(edges: Sequence[int]) -> list[str]:
+    return [f"<{edges[0]}"] + [f"{a}-{b - 1}" for a, b in zip(edges, edges[1:])] + [f">={edges[-1]}"]
+
+
+def _by_bucket(records: Sequence[Mapping[str, Any]], methods: Sequence[str] | None, reference: str, key: str,
+               edges: Sequence[int]) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """F1 and fidelity per task, bucket of the reference record's `key` and method (see the two callers)."""
+    ok = [r for r in records if "error" not in r]
+    ref = {(r["task"], str(r["id"])): r for r in ok if r["method"] == reference}
+    labels = _bucket_labels(edges)
+
+    def bucket(r: Mapping[str, Any]) -> str | None:
+        value = ref.get((r["task"], str(r["id"])), r).get(key)
+        return None if value is None else labels[sum(value >= e for e in edges)]
+
+    method_names = _ordered((r["method"] for r in ok), methods)
+    out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+    for task in _ordered((r["task"] for r in ok), None):
+        cells: dict[str, dict[str, list[Mapping[str, Any]]]] = {}
+        for r in ok:
+            if r["task"] == task and (b := bucket(r)) is not None:
+                cells.setdefault(b, {}).setdefault(r["method"], []).append(r)
+        out[task] = {}
+        for b in (label for label in labels if label in cells):
+            out[task][b] = {}
+            for method in (m for m in method_names if m in cells[b]):
+                rows = cells[b][method]
+                fids = [fidelity_score(r["answer"], ref[(task, str(r["id"]))]["answer"]) for r in rows
+                        if (task, str(r["id"])) in ref]
+                out[task][b][method] = {"f1": _mean(r["f1"] for r in rows), "fidelity": _mean(fids), "n": len(rows)}
+    return out
 
 
 def by_context_length(
@@ -200,30 +236,27 @@ def by_context_length(
     Returns ``{task: {bucket: {method: {"f1", "fidelity", "n"}}}}`` with buckets like ``"<1024"``, ``"1024-2047"``,
     ``">=2048"`` (only those that have examples, in order).
     """
-    ok = [r for r in records if "error" not in r]
-    ref = {(r["task"], str(r["id"])): r for r in ok if r["method"] == reference}
-    labels = [f"<{edges[0]}"] + [f"{a}-{b - 1}" for a, b in zip(edges, edges[1:])] + [f">={edges[-1]}"]
+    return _by_bucket(records, methods, reference, "context_tokens", edges)
 
-    def bucket(r: Mapping[str, Any]) -> str | None:
-        tokens = ref.get((r["task"], str(r["id"])), r).get("context_tokens")
-        return None if tokens is None else labels[sum(tokens >= e for e in edges)]
 
-    method_names = _ordered((r["method"] for r in ok), methods)
-    out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
-    for task in _ordered((r["task"] for r in ok), None):
-        cells: dict[str, dict[str, list[Mapping[str, Any]]]] = {}
-        for r in ok:
-            if r["task"] == task and (b := bucket(r)) is not None:
-                cells.setdefault(b, {}).setdefault(r["method"], []).append(r)
-        out[task] = {}
-        for b in (label for label in labels if label in cells):
-            out[task][b] = {}
-            for method in (m for m in method_names if m in cells[b]):
-                rows = cells[b][method]
-                fids = [fidelity_score(r["answer"], ref[(task, str(r["id"]))]["answer"]) for r in rows
-                        if (task, str(r["id"])) in ref]
-                out[task][b][method] = {"f1": _mean(r["f1"] for r in rows), "fidelity": _mean(fids), "n": len(rows)}
-    return out
+def by_document_count(
+    records: Sequence[Mapping[str, Any]],
+    methods: Sequence[str] | None = None,
+    reference: str = REFERENCE_METHOD,
+    edges: Sequence[int] = DOCUMENT_EDGES,
+) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """F1 and fidelity per task, bucket of documents per example and method.
+
+    Stitching loses most where many independently encoded documents compete for one answer (which person's birth
+    date?): this shows whether an adapter closes the gap there or only on the easy few-document rows. Buckets like
+    ``"<4"``, ``"4-5"``, ``"6-8"``, ``">=9"``; records without ``num_documents`` are left out.
+
+    >>> recs = [{"task": "t", "id": i, "method": m, "answer": "a", "f1": f, "num_documents": n}
+    ...         for i, n in enumerate((2, 7)) for m, f in (("full_recompute", 1.0), ("kv_packet", n < 4))]
+    >>> {b: c["kv_packet"]["f1"] for b, c in by_document_count(recs)["t"].items()}
+    {'<4': 1.0, '6-8': 0.0}
+    """
+    return _by_bucket(records, methods, reference, "num_documents", edges)
 
 
 # ---------------------------------------------------------------------------------------------------------- tables
@@ -324,12 +357,15 @@ def markdown_tables(summary: Mapping[str, Any]) -> str:
         *_table(summary, lambda s, c, m: f"{s['recomputed_tokens']:.0f} / {s['context_tokens']:.0f}"
                 if s.get("context_tokens") is not None else "—", with_mean=False),
     ]
-    by_context = summary.get("by_context") or {}
-    if any(len(buckets) > 1 for buckets in by_context.values()):
+    for key, title, column in (("by_context", f"By context length** (prompt tokens of the {ref} input)", "context"),
+                               ("by_documents", "By number of documents** per example", "documents")):
+        buckets_by_task = summary.get(key) or {}
+        if not any(len(buckets) > 1 for buckets in buckets_by_task.values()):
+            continue
         methods = summary["methods"]
-        out += ["", f"**By context length** (prompt tokens of the {ref} input), per task: F1 (fidelity)", "",
-                "| task | context | n | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]
-        for task, buckets in by_context.items():
+        out += ["", f"**{title}, per task: F1 (fidelity)", "",
+                f"| task | {column} | n | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]
+        for task, buckets in buckets_by_task.items():
             for b, cells in buckets.items():
                 n = max(c["n"] for c in cells.values())
                 out.append(f"| {task} | {b} | {n} | " + " | ".join(
@@ -418,6 +454,7 @@ __all__ = [
     "ReportError",
     "read_records",
     "by_context_length",
+    "by_document_count",
     "aggregate",
     "markdown_tables",
     "plot_f1_by_task",
