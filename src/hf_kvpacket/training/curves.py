@@ -115,6 +115,9 @@ def plot_learning_curves(adapter_dirs: Sequence[str], path: str) -> str:
     fig, axes = plt.subplots(1, panels, figsize=(1 + 6.2 * panels, 4.5), squeeze=False)
     styles = iter(("-", "--", "-.", ":", (0, (5, 1)), (0, (1, 1))))
     task_style: dict[str, Any] = {}
+    task_colors = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    task_color: dict[str, Any] = {}
+    labelled: set[str] = set()  # one legend entry per (adapter, task), not one per warm-started run
     for adapter_dir, chain in chains.items():
         offset, color = 0, None
         for i, run in enumerate(chain):
@@ -124,12 +127,15 @@ def plot_learning_curves(adapter_dirs: Sequence[str], path: str) -> str:
                 first = not any(r.answer_fidelity for r in chain[:i])  # label the chain's first segment drawn here
                 _segment(axes[0][1], run.answer_fidelity, run.no_adapter_fidelity, offset, run.effective_batch,
                          0 if first else i, color, _label(adapter_dir))
-            for task, points in run.task_gain.items():  # one line style per task, the chain's colour
+            for task, points in run.task_gain.items():  # one line style per task; one colour per task for one chain
                 if task not in task_style:
                     task_style[task] = next(styles, "-")
+                    task_color[task] = next(task_colors, None)
+                label = f"{_label(adapter_dir)}: {task}"
                 axes[0][-1].plot([offset + step * run.effective_batch for step, _ in points], [g for _, g in points],
-                                 marker="o", markersize=3, color=color, linestyle=task_style[task],
-                                 label=f"{_label(adapter_dir)}: {task}")
+                                 marker="o", markersize=3, color=task_color[task] if len(chains) == 1 else color,
+                                 linestyle=task_style[task], label=None if label in labelled else label)
+                labelled.add(label)
             offset += run.steps * run.effective_batch
     _style(axes[0][0], "held-out KL (teacher || student), answer tokens",
            "Adapter learning curves (each segment: one run, on its own validation rows;\n"
