@@ -540,6 +540,18 @@ def test_by_document_count_buckets_by_documents_per_example():
     assert "By number of documents" in tables and "| t | 6-8 | 1 | 1.000 (1.000) | 0.000 (0.000) |" in tables
     # one bucket only (every example the same size): no table
     assert "By number of documents" not in markdown_tables(aggregate(records[:1] + records[3:4]))
+    # with no recompute on the same rows, each bucket carries its own share of the gap, paired over its rows
+    few = [rec(m, i, 2, "a", f) for i in range(4) for m, f in (("full_recompute", 1.0), ("no_recompute", 0.0),
+                                                                ("kv_packet", float(i < 3)))]
+    many = [rec(m, i, 7, "a", f) for i in range(4, 8) for m, f in (("full_recompute", 1.0), ("no_recompute", 0.5),
+                                                                    ("kv_packet", 0.5 + 0.5 * (i == 4)))]
+    summary = aggregate(few + many)
+    by = summary["by_documents"]["t"]
+    assert by["<4"]["kv_packet"]["gap_won"]["share"] == pytest.approx(0.75)
+    assert by["6-8"]["kv_packet"]["gap_won"]["share"] == pytest.approx(0.25)
+    assert "gap_won" not in by["<4"]["no_recompute"] and "gap_won" not in by["<4"]["full_recompute"]
+    assert "| t | <4 | 4 | 1.000 (1.000) | 0.000 (" in markdown_tables(summary)
+    assert "0.750 (1.000; 75% [" in markdown_tables(summary)
 
 
 def test_eval_cli_is_registered():

@@ -193,7 +193,10 @@ def _bucket_labels(edges: Sequence[int]) -> list[str]:
 
 def _by_bucket(records: Sequence[Mapping[str, Any]], methods: Sequence[str] | None, reference: str, key: str,
                edges: Sequence[int]) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
-    """F1 and fidelity per task, bucket of the reference record's `key` and method (see the two callers)."""
+    """F1 and fidelity per task, bucket of the reference record's `key` and method (see the two callers).
+
+    Methods other than the reference and no recompute also get `gap_won` (see `gap_share`) over the bucket's rows.
+    """
     ok = [r for r in records if "error" not in r]
     ref = {(r["task"], str(r["id"])): r for r in ok if r["method"] == reference}
     labels = _bucket_labels(edges)
@@ -217,6 +220,13 @@ def _by_bucket(records: Sequence[Mapping[str, Any]], methods: Sequence[str] | No
                 fids = [fidelity_score(r["answer"], ref[(task, str(r["id"]))]["answer"]) for r in rows
                         if (task, str(r["id"])) in ref]
                 out[task][b][method] = {"f1": _mean(r["f1"] for r in rows), "fidelity": _mean(fids), "n": len(rows)}
+            # the gap share per bucket says where an adapter closes the gap, paired over the bucket's own rows
+            per_method = {m: {str(r["id"]): r["f1"] for r in rows} for m, rows in cells[b].items()}
+            for method, cell in out[task][b].items():
+                if method not in (reference, "no_recompute"):
+                    g = gap_share(per_method, method, full=reference)
+                    if g is not None:
+                        cell["gap_won"] = g
     return out
 
 
@@ -283,6 +293,12 @@ def _fmt_gap(g: Any) -> str:
         return "—"
     ci = f" [{g['lo']:.0%}, {g['hi']:.0%}]" if g.get("lo") is not None else ""
     return f"{g['share']:.0%}{ci}"
+
+
+def _bucket_cell(cell: Mapping[str, Any]) -> str:
+    text = f"{_fmt(cell['f1'], 'score')} ({_fmt(cell['fidelity'], 'score')}"
+    gap = cell.get("gap_won")
+    return text + (f"; {_fmt_gap(gap)})" if gap and gap.get("share") is not None else ")")
 
 
 def _table(summary: Mapping[str, Any], cell, header_suffix: str = "", with_mean: bool = True) -> list[str]:
@@ -363,14 +379,14 @@ def markdown_tables(summary: Mapping[str, Any]) -> str:
         if not any(len(buckets) > 1 for buckets in buckets_by_task.values()):
             continue
         methods = summary["methods"]
-        out += ["", f"**{title}, per task: F1 (fidelity)", "",
+        out += ["", f"**{title}, per task: F1 (fidelity; share of the bucket's no-recompute → {ref} gap won back, "
+                f"paired bootstrap 95% interval)", "",
                 f"| task | {column} | n | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]
         for task, buckets in buckets_by_task.items():
             for b, cells in buckets.items():
                 n = max(c["n"] for c in cells.values())
-                out.append(f"| {task} | {b} | {n} | " + " | ".join(
-                    f"{_fmt(cells[m]['f1'], 'score')} ({_fmt(cells[m]['fidelity'], 'score')})" if m in cells else "—"
-                    for m in methods) + " |")
+                out.append(f"| {task} | {b} | {n} | " + " | ".join(_bucket_cell(cells[m]) if m in cells else "—"
+                                                                 for m in methods) + " |")
     return "\n".join(out) + "\n"
 
 
