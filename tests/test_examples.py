@@ -51,3 +51,21 @@ def test_demo_answers_held_out_questions_three_ways(tmp_path, capsys):
     again = run_demo(adapter_path=str(tmp_path / "adapter"), store_dir=str(tmp_path / "store"), max_new_tokens=3,
                      num_questions=2, num_documents=3, model_and_tokenizer=(model, tok))
     assert [r["kv_packet"] for r in again["rows"]] == [r["kv_packet"] for r in out["rows"]]  # from the store
+
+
+def test_demo_picks_the_shipped_adapter_with_the_better_biography_f1(tmp_path):
+    import json
+
+    from hf_kvpacket.demo import default_adapter
+
+    assert default_adapter("m", root=str(tmp_path)) is None
+    for task, f1 in (("biography", 0.52), ("mixture", 0.55)):
+        (tmp_path / f"m-{task}").mkdir()
+        (tmp_path / f"m-{task}" / "eval_results.json").write_text(json.dumps({"biography": {"f1": f1}}))
+    assert default_adapter("m", root=str(tmp_path)) == str(tmp_path / "m-mixture")
+    (tmp_path / "m-mixture" / "eval_results.json").write_text(json.dumps({"biography": {"f1": 0.40}}))
+    assert default_adapter("m", root=str(tmp_path)) == str(tmp_path / "m-biography")
+    # no card numbers: the per-task adapter, the first that exists
+    (tmp_path / "m-biography" / "eval_results.json").unlink()
+    (tmp_path / "m-mixture" / "eval_results.json").write_text(json.dumps({"niah": {"f1": 0.9}}))
+    assert default_adapter("m", root=str(tmp_path)) == str(tmp_path / "m-biography")

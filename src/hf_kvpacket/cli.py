@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="held-out questions answered by full prefill, no recompute and KV Packet")
     p.add_argument("--model", default=None,
                    help="offline model name, folder or Hub id (default: Qwen2.5-Coder-0.5B when installed, else SmolLM2)")
-    p.add_argument("--adapter", default=None, help="adapter folder or Hub id (default: adapters/<model>-mixture)")
+    p.add_argument("--adapter", default=None,
+                   help="adapter folder or Hub id (default: of the shipped biography and mixture adapters, the one "
+                        "whose card reports the higher held-out biography F1)")
     p.add_argument("--questions", type=int, default=4, help="held-out biography questions to draw")
     p.add_argument("--seed", type=int, default=7, help="which held-out questions")
     p.add_argument("--store", default=None, help="packet store folder")
