@@ -30,6 +30,23 @@ def test_gap_share_known_cases():
     assert abs(g["share"] - 0.5) < 1e-12 and g["lo"] <= 0.5 <= g["hi"] and g["n"] == 40
     assert gap_share({**scores, "m": half, "no_recompute": full}, "m")["share"] is None  # no gap
     assert gap_share(scores, "m") is None
+    few = {m: {i: v[i] for i in ids[:4]} for m, v in {**scores, "m": half}.items()}
+    g = gap_share(few, "m")  # 4 rows: a share, but no (degenerate) interval
+    assert g["too_few"] and g["lo"] is None and g["hi"] is None and g["n"] == 4
+
+
+def test_by_documents_table_says_n_too_small_instead_of_a_degenerate_interval():
+    recs = []
+    for i in range(13):
+        n_docs = 2 if i < 10 else 5  # a bucket of 10 rows and one of 3
+        for method, f1 in (("full_recompute", 1.0), ("no_recompute", 0.0), ("kv_packet", 1.0 if i % 2 else 0.0)):
+            recs.append(dict(task="t", method=method, id=str(i), answer=str(f1), f1=f1, exact_match=f1, ttft_s=1.0,
+                             flops=1.0, num_documents=n_docs))
+    md = markdown_tables(aggregate(recs))
+    small = next(line for line in md.splitlines() if line.startswith("| t | 4-5 | 3 |"))
+    large = next(line for line in md.splitlines() if line.startswith("| t | <4 | 10 |"))
+    assert "n too small for an interval" in small and "[" not in small
+    assert "50% [" in large
 
 
 def test_tables_show_intervals_and_gap_share():

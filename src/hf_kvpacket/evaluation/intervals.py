@@ -19,6 +19,9 @@ import numpy as np
 REPS = 2000
 LEVEL = 0.95
 MIN_GAP = 0.02
+# below this many paired examples a percentile bootstrap is degenerate (3 rows give intervals like [150%, 150%]):
+# the share is still reported, its interval is not
+MIN_INTERVAL_N = 10
 
 
 def _rng(seed: int) -> np.random.Generator:
@@ -55,6 +58,7 @@ def gap_share(per_method: Mapping[str, Mapping[str, float]], method: str, full: 
 
     `per_method` maps method -> {example id: F1}; only examples all three methods answered count. Returns
     `{"share", "lo", "hi", "n"}`, `share` `None` where the gap is under `MIN_GAP`; `None` when a method is missing.
+    Under `MIN_INTERVAL_N` examples `lo`/`hi` are `None` and `"too_few"` is set (the tables print "n too small").
     """
     if not all(m in per_method for m in (method, full, none)):
         return None
@@ -66,6 +70,8 @@ def gap_share(per_method: Mapping[str, Mapping[str, float]], method: str, full: 
     if gap < MIN_GAP:
         return {"share": None, "lo": None, "hi": None, "n": len(ids)}
     share = float((f[0].mean() - f[2].mean()) / gap)
+    if len(ids) < MIN_INTERVAL_N:
+        return {"share": share, "lo": None, "hi": None, "n": len(ids), "too_few": True}
     idx = _rng(seed).integers(0, len(ids), size=(reps, len(ids)))
     m, fu, no = (f[k][idx].mean(axis=1) for k in range(3))
     valid = (fu - no) >= MIN_GAP / 2
@@ -76,4 +82,4 @@ def gap_share(per_method: Mapping[str, Mapping[str, float]], method: str, full: 
     return {"share": share, "lo": float(lo), "hi": float(hi), "n": len(ids)}
 
 
-__all__ = ["bootstrap_mean_ci", "paired_difference", "gap_share", "REPS", "LEVEL", "MIN_GAP"]
+__all__ = ["bootstrap_mean_ci", "paired_difference", "gap_share", "REPS", "LEVEL", "MIN_GAP", "MIN_INTERVAL_N"]

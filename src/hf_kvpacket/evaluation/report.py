@@ -291,6 +291,8 @@ def _fmt_ci(ci: Any) -> str:
 def _fmt_gap(g: Any) -> str:
     if not g or g.get("share") is None:
         return "—"
+    if g.get("too_few"):
+        return f"{g['share']:.0%}, n too small for an interval"
     ci = f" [{g['lo']:.0%}, {g['hi']:.0%}]" if g.get("lo") is not None else ""
     return f"{g['share']:.0%}{ci}"
 
