@@ -562,3 +562,16 @@ def test_task_options_shape_the_rows_and_are_recorded(tmp_path):
     assert out["training_args"]["task_options"] == options
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_task_options(["min_documents"])
+
+
+def test_pooled_teacher_rows_drop_training_rows_that_ask_a_validation_question():
+    """Runs of other seeds can draw the same SQuAD/HotpotQA question; such a row must not train on the held-out curve."""
+    import datasets
+
+    from hf_kvpacket.training.cli import drop_validation_sources
+
+    val = datasets.Dataset.from_dict({"id": ["squad-q1-s1", "hotpotqa-h1", "biography-train-s1-000001"]})
+    train = datasets.Dataset.from_dict({"id": ["squad-q1-s2", "squad-q2-s2", "hotpotqa-h1", "hotpotqa-h2",
+                                               "biography-train-s2-000001", "niah-train-s2-000001"]})
+    kept = drop_validation_sources(train, val)["id"]
+    assert kept == ["squad-q2-s2", "hotpotqa-h2", "biography-train-s2-000001", "niah-train-s2-000001"]

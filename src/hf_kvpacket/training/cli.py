@@ -6,7 +6,9 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -332,6 +334,22 @@ def load_teacher_dataset(path: str):
     return datasets.concatenate_datasets(parts)
 
 
+def _source_id(row_id: str) -> str:
+    # a real-data row's id is its question's id plus the draw's seed (SQuAD: "-s<seed>"); synthetic ids are unique
+    return re.sub(r"-s\d+$", "", row_id)
+
+
+def drop_validation_sources(train, val):
+    """`train` without the rows that ask a validation row's question (teacher rows pooled from runs of other seeds
+    can draw the same SQuAD/HotpotQA question; kept, they would leak into the held-out curve)."""
+    held = {_source_id(i) for i in val["id"]}
+    keep = [k for k, i in enumerate(train["id"]) if _source_id(i) not in held]
+    if len(keep) < len(train):
+        print(f"hf_kvpacket: left out {len(train) - len(keep)} training rows that ask a validation row's question",
+              file=sys.stderr)
+    return train.select(keep)
+
+
 def train_adapter(model: str, task: str, output: str, work_dir: str | None = None, num_train: int = 512,
                   num_val: int = 64, seed: int = 42, epochs: float = 30, lr: float = 5e-4, batch_size: int = 4,
                   grad_accum: int = 4, max_context_tokens: int = 768, max_new_tokens: int = 24, header: int = 8,
@@ -406,6 +424,8 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     teacher = teacher.filter(lambda r: len(r["teacher_ids"]) > 0)
     val = teacher.select(range(min(num_val, len(teacher))))
     train = teacher.select(range(len(val), len(teacher)))
+    if teacher_from is not None and len(val):
+        train = drop_validation_sources(train, val)
     adapter_path = os.path.join(work_dir, "init_adapter")
     if os.path.isdir(adapter_path):
         adapter = PacketAdapter.from_pretrained(adapter_path)
