@@ -575,3 +575,29 @@ def test_pooled_teacher_rows_drop_training_rows_that_ask_a_validation_question()
                                                "biography-train-s2-000001", "niah-train-s2-000001"]})
     kept = drop_validation_sources(train, val)["id"]
     assert kept == ["squad-q2-s2", "hotpotqa-h2", "biography-train-s2-000001", "niah-train-s2-000001"]
+
+
+def test_widened_adapter_keeps_trained_slots_next_to_the_document_and_trains_from_the_cli(tmp_path):
+    """8+8 -> 16+16 warm start (here 2+2 -> 3+4): the trained header slots end the new header, the trained trailer
+    slots start the new trailer; `train_adapter(header=, trailer=, init_from=)` trains the widened one and resumes it."""
+    from hf_kvpacket.training.cli import train_adapter
+
+    model = build("llama")
+    small = PacketAdapter.for_model(model, 2, 2, seed=1)
+    wide = small.widened(model, 3, 4, seed=2)
+    assert (wide.num_header_tokens, wide.num_trailer_tokens) == (3, 4)
+    assert torch.equal(wide.header[1:], small.header) and torch.equal(wide.trailer[:2], small.trailer)
+    assert wide.fingerprint != small.fingerprint and not torch.equal(wide.header[0], wide.header[1])
+    with pytest.raises(ValueError, match="adds slots"):
+        small.widened(model, 1, 2)
+    small.save_pretrained(tmp_path / "small")
+    common = dict(_tiny_biography_run(), num_train=2, num_val=1, batch_size=1, grad_accum=1, eval_steps=1,
+                  init_from=str(tmp_path / "small"), output=str(tmp_path / "wide"), header=3, trailer=4)
+    train_adapter(max_steps=1, save_steps=1, **common)
+    init = PacketAdapter.from_pretrained(tmp_path / "wide.work" / "init_adapter")
+    assert torch.equal(init.header[1:], small.header) and torch.equal(init.trailer[:2], small.trailer)
+    # the resumed run reads the widened adapter back, also without repeating the slot counts
+    out = train_adapter(max_steps=2, resume=True, **{**common, "header": None, "trailer": None})
+    assert out["training_args"]["steps"] == 2
+    trained = PacketAdapter.from_pretrained(tmp_path / "wide")
+    assert (trained.num_header_tokens, trained.num_trailer_tokens) == (3, 4)

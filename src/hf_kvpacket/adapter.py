@@ -101,6 +101,30 @@ class PacketAdapter(nn.Module):
             noise = torch.randn(p.shape, generator=gen)
             p.copy_((mean + std * noise).to(p.dtype))
 
+    @torch.no_grad()
+    def widened(self, model: nn.Module, num_header_tokens: int, num_trailer_tokens: int,
+                seed: int | None = 0) -> "PacketAdapter":
+        """A copy with more slots that keeps every trained one where it sees the document from.
+
+        New header slots go in front of the trained ones and new trailer slots after them, so the trained slots keep
+        their distances to the document (RoPE sees relative positions); the new slots are drawn like a fresh
+        adapter's (:meth:`init_from_embeddings`). The warm start for "try 16+16 slots when 8+8 plateaus".
+
+        >>> wide = adapter.widened(model, 16, 16)  # doctest: +SKIP
+        """
+        old_h, old_t = self.num_header_tokens, self.num_trailer_tokens
+        if num_header_tokens < old_h or num_trailer_tokens < old_t:
+            raise ValueError(f"widened() adds slots: the adapter has {old_h}+{old_t}, asked for "
+                             f"{num_header_tokens}+{num_trailer_tokens} (train a fresh adapter for fewer slots).")
+        fresh = PacketAdapter.for_model(model, num_header_tokens - old_h, num_trailer_tokens - old_t, seed=seed)
+        config = KVPacketConfig.from_dict({**self.config.to_dict(), "num_header_tokens": num_header_tokens,
+                                           "num_trailer_tokens": num_trailer_tokens})
+        out = PacketAdapter(config)
+        out.header.copy_(torch.cat([fresh.header.to(self.header.dtype), self.header]))
+        out.trailer.copy_(torch.cat([self.trailer, fresh.trailer.to(self.trailer.dtype)]))
+        out.allow_other_base_model = self.allow_other_base_model
+        return out
+
     # ------------------------------------------------------------------ use
     @property
     def num_header_tokens(self) -> int:

@@ -41,8 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-accum", type=int, default=4)
     p.add_argument("--max-context-tokens", type=int, default=768)
     p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--header", type=int, default=8)
-    p.add_argument("--trailer", type=int, default=8)
+    p.add_argument("--header", type=int, default=None,
+                   help="header slots (default 8, or the --init-from adapter's; more than its widens it, new slots in "
+                        "front of the trained ones)")
+    p.add_argument("--trailer", type=int, default=None,
+                   help="trailer slots (default 8, or the --init-from adapter's; more than its widens it, new slots "
+                        "after the trained ones)")
     p.add_argument("--loss", default="kl", choices=["kl", "ce"])
     p.add_argument("--student", default="full", choices=["full", "frozen-docs"],
                    help="full: header+trailer through the whole prompt (the paper's student); frozen-docs: header "
@@ -352,8 +356,8 @@ def drop_validation_sources(train, val):
 
 def train_adapter(model: str, task: str, output: str, work_dir: str | None = None, num_train: int = 512,
                   num_val: int = 64, seed: int = 42, epochs: float = 30, lr: float = 5e-4, batch_size: int = 4,
-                  grad_accum: int = 4, max_context_tokens: int = 768, max_new_tokens: int = 24, header: int = 8,
-                  trailer: int = 8, loss: str = "kl", dtype: str = "auto", eval_steps: int = 25, save_steps: int | None = None,
+                  grad_accum: int = 4, max_context_tokens: int = 768, max_new_tokens: int = 24, header: int | None = None,
+                  trailer: int | None = None, loss: str = "kl", dtype: str = "auto", eval_steps: int = 25, save_steps: int | None = None,
                   max_steps: int = -1, resume: bool = False, no_progress: bool = False,
                   init_from: str | None = None, teacher_from: str | None = None, query_weight: float = 0.0,
                   teacher_dtype: str = "float32", student: str = "full", answer_check: int = 0,
@@ -362,7 +366,8 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
                   task_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Teacher answers (cached) -> distillation with a linear-decay schedule -> best adapter (lowest held-out KL).
 
-    `init_from` warm-starts from an existing adapter (same model and slot counts); `teacher_from` reuses the teacher
+    `init_from` warm-starts from an existing adapter of the same model (its slot counts, or more: `header`/`trailer`
+    above its counts widen it with :meth:`PacketAdapter.widened`); `teacher_from` reuses the teacher
     answers stored in another run's work dir, keeping the rows of `task` (so per-task adapters can be fine-tuned from
     a mixture run without a second teacher pass). Validation rows stay the first `num_val` rows of that data.
     `answer_check` > 0 answers that many validation rows greedily at every evaluation (:class:`AnswerCheck`);
@@ -431,19 +436,26 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
         adapter = PacketAdapter.from_pretrained(adapter_path)
     elif init_from is not None:
         adapter = PacketAdapter.from_pretrained(init_from)
-        header, trailer = adapter.config.num_header_tokens, adapter.config.num_trailer_tokens  # the warm start's
+        warm = (adapter.num_header_tokens, adapter.num_trailer_tokens)
+        wanted = (warm[0] if header is None else header, warm[1] if trailer is None else trailer)
+        if wanted != warm:  # more slots than the warm start: keep its trained ones, add fresh ones around them
+            adapter = adapter.widened(base, *wanted, seed=seed)
+            print(f"hf_kvpacket: widened {init_from} from {warm[0]}+{warm[1]} to {wanted[0]}+{wanted[1]} slots",
+                  file=sys.stderr)
         adapter.config.task = task
         adapter.save_pretrained(adapter_path, model_card=False)
         if os.path.exists(os.path.join(init_from, "training_log.json")):  # provenance of the warm start
             shutil.copyfile(os.path.join(init_from, "training_log.json"),
                             os.path.join(adapter_path, "training_log.json"))
     else:
-        adapter = PacketAdapter.for_model(base, header, trailer, seed=seed, task=task)
+        adapter = PacketAdapter.for_model(base, 8 if header is None else header, 8 if trailer is None else trailer,
+                                          seed=seed, task=task)
         from ..offline_models import OFFLINE_MODELS
 
         # Cards name the Hub id of the base model, also when it was loaded from an offline package.
         adapter.config.base_model_name_or_path = OFFLINE_MODELS[model].hub_id if model in OFFLINE_MODELS else model
         adapter.save_pretrained(adapter_path, model_card=False)
+    header, trailer = adapter.num_header_tokens, adapter.num_trailer_tokens  # also when resuming a widened run
     if student == "frozen-docs":
         from .frozen import FrozenDocumentStudent
 
