@@ -349,7 +349,8 @@ def drop_validation_sources(train, val):
     held = {_source_id(i) for i in val["id"]}
     keep = [k for k, i in enumerate(train["id"]) if _source_id(i) not in held]
     if len(keep) < len(train):
-        print(f"hf_kvpacket: left out {len(train) - len(keep)} training rows that ask a validation row's question",
+        n = len(train) - len(keep)
+        print(f"hf_kvpacket: left out {n} training row{'s' if n > 1 else ''} asking a validation row's question",
               file=sys.stderr)
     return train.select(keep)
 
