@@ -601,3 +601,69 @@ def test_widened_adapter_keeps_trained_slots_next_to_the_document_and_trains_fro
     assert out["training_args"]["steps"] == 2
     trained = PacketAdapter.from_pretrained(tmp_path / "wide")
     assert (trained.num_header_tokens, trained.num_trailer_tokens) == (3, 4)
+
+
+def test_on_policy_rows_carry_the_students_packet_cache_answer_scored_by_the_teacher():
+    """`OnPolicyCollator`: a chosen row's targets become the student's greedy `PacketCache` answer and the joint-prompt
+    teacher's top-k along it (a plain forward); other rows, validation batches and the model's dtype stay as they were."""
+    from hf_kvpacket.training import OnPolicyCollator, on_policy_row
+    from tiny_models import ToyTokenizer
+
+    model = build("llama").to(torch.bfloat16)
+    adapter = PacketAdapter.for_model(model, 3, 2)
+    header = adapter.header.detach().clone()
+    rows = [{**row(docs, [9, 9, 9]), "id": f"r{i}", "teacher_topk_ids": [[1] * 5] * 3,
+             "teacher_topk_logprobs": [[-1.0] * 5] * 3} for i, docs in enumerate([DOCS, DOCS[:2], DOCS[1:], DOCS[::-1]])]
+    base = DistillationCollator(3, 2)
+    on = OnPolicyCollator(base, model, adapter, ToyTokenizer(), fraction=1.0, max_new_tokens=3)
+    out = on.rewrite(rows)
+    import copy
+
+    fp32 = copy.deepcopy(model).float()
+    for r, new in zip(rows, out):
+        cache = PacketCache.from_packets(encode_packets(fp32, r["document_ids"], adapter=adapter), model=fp32,
+                                         preamble=PREAMBLE)
+        gen = fp32.generate(**cache.inputs_for(QUERY), max_new_tokens=3, do_sample=False, pad_token_id=0)
+        answer = gen[0, -3:].tolist()
+        assert new["teacher_ids"] == answer and new["id"] == r["id"] and new["query_ids"] == r["query_ids"]
+        prompt = PREAMBLE + [x for d in r["document_ids"] for x in d] + QUERY
+        with torch.no_grad():
+            logits = fp32(input_ids=torch.tensor([prompt + answer[:-1]])).logits[0, len(prompt) - 1:].float()
+        top = torch.log_softmax(logits, -1).topk(5, -1)
+        assert new["teacher_topk_ids"] == top.indices.tolist()
+        assert torch.allclose(torch.tensor(new["teacher_topk_logprobs"]), top.values, atol=1e-5)
+    assert on.stats["on_policy"] == 4 and next(model.parameters()).dtype == torch.bfloat16
+    assert torch.equal(adapter.header, header) and adapter.header.requires_grad
+    batch = on(rows)  # the batch the student trains on is the plain collator's over the rewritten rows
+    assert torch.equal(batch["labels"], base(out)["labels"])
+    assert on.eval_collator is base  # validation keeps the teacher's answers
+    half = OnPolicyCollator(base, model, adapter, ToyTokenizer(), fraction=0.5, max_new_tokens=3)
+    ids = [f"row-{i}" for i in range(400)]
+    assert 150 < sum(on_policy_row(i, 0.5) for i in ids) < 250  # a stable hash of the id, about half
+    mixed = half.rewrite(rows)
+    for r, new in zip(rows, mixed):
+        assert (new is r) != on_policy_row(r["id"], 0.5)
+    with pytest.raises(ValueError, match="fraction"):
+        OnPolicyCollator(base, model, adapter, ToyTokenizer(), fraction=0.0)
+
+
+def test_train_cli_on_policy_keeps_the_validation_kl_of_the_teacher_answers(tmp_path):
+    """`train_adapter(on_policy=1.0)` trains on the student's answers, while its step-0 validation KL is the one an
+    ordinary run measures on the same rows (validation batches keep the teacher's answers)."""
+    import json
+
+    from hf_kvpacket.training.cli import train_adapter
+
+    common = dict(_tiny_biography_run(), num_train=4, num_val=2, batch_size=2, grad_accum=1, eval_steps=1, max_steps=2,
+                  lr=3e-2)
+    plain = train_adapter(output=str(tmp_path / "plain"), **common)
+    on = train_adapter(output=str(tmp_path / "on"), on_policy=1.0, teacher_from=str(tmp_path / "plain.work"),
+                       **common)
+    step0 = [json.loads((tmp_path / d / "training_log.json").read_text())["log_history"] for d in ("plain", "on")]
+    kl0 = [next(h["eval_loss"] for h in log if h["step"] == 0 and "eval_loss" in h) for log in step0]
+    assert kl0[0] == pytest.approx(kl0[1], rel=1e-6)
+    args = on["training_args"]
+    assert args["on_policy"] == 1.0 and args["on_policy_stats"]["on_policy"] == args["on_policy_stats"]["rows"] >= 4
+    assert plain["training_args"]["on_policy"] is None
+    with pytest.raises(ValueError, match="--student full"):
+        train_adapter(output=str(tmp_path / "x"), on_policy=0.5, student="frozen-docs", **common)

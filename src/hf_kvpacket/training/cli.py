@@ -55,6 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--query-weight", type=float, default=0.0,
                    help="also distil the teacher's predictions inside the query, each position with this weight "
                         "(answer positions weigh 1; the validation KL stays answer-only). 0: answer only")
+    p.add_argument("--on-policy", type=float, default=0.0, metavar="FRACTION",
+                   help="on-policy distillation (training/on_policy.py): this share of the training rows (chosen by "
+                        "row id) is answered greedily by the student through the product path at every step and "
+                        "the teacher's top-k along that answer becomes its target; 0: the teacher's answers only")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
                    help="student (training) dtype; auto: the faster one on this machine, measured (hardware.py)")
     p.add_argument("--teacher-dtype", default="float32", choices=["auto", "bfloat16", "float32"],
@@ -364,7 +368,7 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
                   teacher_dtype: str = "float32", student: str = "full", answer_check: int = 0,
                   select_on: str = "kl", model_and_tokenizer: tuple[Any, Any] | None = None,
                   teacher_only: bool = False, warmup_steps: int | None = None,
-                  task_options: dict[str, Any] | None = None) -> dict[str, Any]:
+                  task_options: dict[str, Any] | None = None, on_policy: float = 0.0) -> dict[str, Any]:
     """Teacher answers (cached) -> distillation with a linear-decay schedule -> best adapter (lowest held-out KL).
 
     `init_from` warm-starts from an existing adapter of the same model (its slot counts, or more: `header`/`trailer`
@@ -375,6 +379,8 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     `select_on="fidelity"` then keeps the checkpoint whose answers agree most with the teacher's.
     `teacher_only` builds the teacher rows and returns without training (`{"teacher_rows": n}`).
     `warmup_steps` (default 10, or one epoch when shorter) precede the linear decay to 0 at `max_steps`.
+    `on_policy` > 0 trains that share of the rows on the student's own greedy answers, scored by the teacher
+    (:class:`~hf_kvpacket.training.OnPolicyCollator`); the validation KL stays on the teacher's answers.
     """
     from transformers import TrainingArguments
 
@@ -388,6 +394,10 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     if save_steps <= 0 or eval_steps % save_steps:
         raise ValueError(f"--save-steps {save_steps} must divide --eval-steps {eval_steps}, so every evaluated step has "
                          "a checkpoint the best one can be kept from (e.g. --save-steps 2 --eval-steps 8).")
+    if on_policy and student != "full":
+        raise ValueError("--on-policy answers through the full student's product path; use it with --student full.")
+    if not 0.0 <= on_policy <= 1.0:
+        raise ValueError(f"--on-policy is a share of the training rows in [0, 1], got {on_policy}.")
     if teacher_only and teacher_from is not None:
         raise ValueError("--teacher-only builds new teacher rows in the work dir; drop --teacher-from.")
     task_options = dict(task_options or {})
@@ -468,6 +478,10 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
         raise ValueError(f"--query-weight needs teacher rows with query targets; {teacher_from or work_dir} has none "
                          "(build them in a new work dir with --query-weight set).")
     collator = DistillationCollator(header, trailer, pad_token_id=pad, query_weight=query_weight)
+    if on_policy > 0:
+        from .on_policy import OnPolicyCollator
+
+        collator = OnPolicyCollator(collator, base, adapter, tok, fraction=on_policy, max_new_tokens=max_new_tokens)
     if select_on not in SELECTION:
         raise ValueError(f"select_on must be one of {', '.join(SELECTION)}, got {select_on!r}.")
     from .trainer import task_rows
@@ -516,12 +530,14 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     history = [h for h in trainer.state.log_history]
     training_args = {"task": task, "num_train": len(train), "num_val": len(val), "epochs": epochs, "lr": lr,
                      "effective_batch": batch_size * grad_accum, "eval_batch_size": EVAL_BATCH_SIZE, "schedule": "linear decay", "warmup_steps": targs.warmup_steps, "loss": loss,
-                     "query_weight": query_weight, "max_context_tokens": max_context_tokens, "teacher_max_new_tokens": max_new_tokens,
+                     "query_weight": query_weight, "on_policy": on_policy or None, "max_context_tokens": max_context_tokens, "teacher_max_new_tokens": max_new_tokens,
                      "task_options": task_options or None, "dtype": dtype, "student": student, "init_from": init_from, "teacher_from": teacher_from, "best_val_kl": metrics.get("eval_loss"),
                      "no_adapter_val_kl": reference, "no_adapter_val_kl_per_task": task_references,
                      "no_adapter_answers": answers_reference, "select_on": select_on,
                      "steps": trainer.state.global_step,
                      "train_minutes": round((time.time() - start) / 60, 1)}
+    if on_policy > 0:  # rows this process answered on-policy, and how many answers equalled the teacher's
+        training_args["on_policy_stats"] = dict(collator.stats)
     adapter.save_pretrained(output, training_args=training_args, datasets=[task])
     _write_log(output, work_dir, training_args, history)
     return {"metrics": metrics, "training_args": training_args}

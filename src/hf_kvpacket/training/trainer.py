@@ -49,6 +49,15 @@ class PacketDistillationTrainer(Trainer):
         logs = {**logs, "wall_hours": round(self._hours_before + (time.time() - self._clock_start) / 3600, 4)}
         super().log(logs, *args, **kwargs)
 
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+        # An on-policy collator trains on the student's answers; validation stays on the teacher's (comparable KL).
+        collator = self.data_collator
+        self.data_collator = getattr(collator, "eval_collator", collator)
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = collator
+
     def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
                  metric_key_prefix: str = "eval") -> dict[str, float]:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
