@@ -70,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --docs: results folders of task-specific adapters, summarised in one table")
     parser.add_argument("--docs-notes", default=None, metavar="FILE",
                         help="with --docs: a markdown file appended to the page (learning curves, what was tried)")
+    parser.add_argument("--docs-scoreboard", type=_csv, default=[], metavar="ADAPTERS",
+                        help="with --docs: adapter folders (comma list) summarised first, against the baselines on the "
+                             "same examples, pooled from the page's results folders")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -94,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     print((Path(args.output) / "results.md").read_text(encoding="utf-8"))
     if args.docs:
         notes = Path(args.docs_notes).read_text(encoding="utf-8") if args.docs_notes else None
-        page = render_docs([args.output, *args.docs_extra], args.docs, per_task_dirs=args.docs_per_task, notes=notes)
+        page = render_docs([args.output, *args.docs_extra], args.docs, per_task_dirs=args.docs_per_task, notes=notes,
+                           scoreboard=args.docs_scoreboard)
         print(f"Wrote {page}")
     print(json.dumps({"output": str(args.output), "methods": summary["methods"], "tasks": summary["tasks"]}))
     return 0

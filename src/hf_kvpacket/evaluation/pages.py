@@ -1,11 +1,22 @@
-"""Docs pages from results folders: sections per model with the exact commands, tables and plots, the per-task
-adapter table, and notes (`kvpacket eval --docs docs/results.md ...`)."""
+"""Docs pages from results folders: a headline scoreboard of the shipped adapters, sections per run with the exact
+commands, tables and plots, the per-task adapter table, and notes.
+
+Rebuild `docs/results.md` from every results folder (no model runs)::
+
+    python -m hf_kvpacket.evaluation.pages results --docs docs/results.md --per-task results/per-task \
+        --scoreboard adapters/qwen2.5-coder-0.5b-instruct-mixture,adapters/smollm2-135m-instruct-mixture \
+        --notes results/notes.md
+
+or, after an evaluation, `kvpacket eval ... --docs docs/results.md --docs-extra ... --docs-scoreboard ...`.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -60,7 +71,8 @@ def per_task_adapter_table(per_task_dirs: Sequence[str | os.PathLike],
 def render_docs(results_dirs: str | os.PathLike | Sequence[str | os.PathLike],
                 docs_path: str | os.PathLike = "docs/results.md", image_dir: str | os.PathLike | None = None,
                 title: str = "Results", per_task_dirs: Sequence[str | os.PathLike] = (),
-                notes: str | None = None) -> Path:
+                notes: str | None = None, scoreboard: Sequence[str | os.PathLike] = (),
+                scoreboard_results: Sequence[str | os.PathLike] | None = None) -> Path:
     """Write a docs page from one or more results folders: tables, plots (copied to `image_dir`), exact commands.
 
     Parameters
@@ -78,6 +90,12 @@ def render_docs(results_dirs: str | os.PathLike | Sequence[str | os.PathLike],
         Results folders of task-specific adapters (one task each), summarised in one table at the end.
     notes:
         Markdown appended at the end (e.g. learning curves and what was tried).
+    scoreboard:
+        Adapter folders (the shipped ones) to put first, as a headline: each against the baselines on the same
+        examples, pooled from `scoreboard_results` (default: `results_dirs`) by
+        :func:`~hf_kvpacket.evaluation.scoreboard.build_scoreboard`, with a fidelity figure.
+    scoreboard_results:
+        Results folders (or parents of them) the scoreboard pools from.
 
     Returns
     -------
@@ -104,6 +122,17 @@ def render_docs(results_dirs: str | os.PathLike | Sequence[str | os.PathLike],
         "(`hf_kvpacket.baselines.flops`)."
     )
     lines = [f"# {title}", "", intro, ""]
+    if scoreboard:
+        from .scoreboard import build_scoreboard, plot_scoreboard, scoreboard_markdown
+
+        board = build_scoreboard(scoreboard_results or dirs, scoreboard)
+        figure = plot_scoreboard(board, image_dir / "scoreboard.png")
+        lines += ["## Headline: the shipped adapters on held-out rows", "",
+                  "Each shipped adapter against full recompute, no recompute, CacheBlend-15% and EPIC, pooled from "
+                  "the runs below by example; the sections after it are the individual runs.", "",
+                  scoreboard_markdown(board),
+                  f"![Fidelity per task, 95% intervals]({Path(os.path.relpath(figure, docs_path.parent)).as_posix()})",
+                  "", "## Runs", ""]
     for results_dir in map(Path, dirs):
         if not (results_dir / RESULTS_FILE).is_file() or not (results_dir / PLOT_F1).is_file():
             write_report(results_dir)
@@ -115,7 +144,8 @@ def render_docs(results_dirs: str | os.PathLike | Sequence[str | os.PathLike],
             target = image_dir / f"{stem}-{name}"
             shutil.copyfile(results_dir / name, target)
             images[name] = Path(os.path.relpath(target, docs_path.parent)).as_posix()
-        heading = f"{meta.get('model', stem)}, adapter `{meta.get('adapter') or 'none'}`"
+        # the folder name tells runs of one adapter apart (several tasks, baselines added later)
+        heading = f"{meta.get('model', stem)}, adapter `{meta.get('adapter') or 'none'}` (`{stem}`)"
         lines += [f"## {heading}" if len(dirs) > 1 else f"Model `{meta.get('model', '?')}`, adapter "
                   f"`{meta.get('adapter') or 'none'}`.", "", "Reproduce with:", "", "```bash",
                   meta.get("command", "kvpacket eval ..."), "```", "", _meta_line(meta), "", markdown_tables(summary),
@@ -129,3 +159,31 @@ def render_docs(results_dirs: str | os.PathLike | Sequence[str | os.PathLike],
         lines += [notes.rstrip(), ""]
     docs_path.write_text("\n".join(lines), encoding="utf-8")
     return docs_path
+
+
+def _expand(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    from .scoreboard import _results_dirs
+
+    return _results_dirs(paths)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hf_kvpacket.evaluation.pages", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", help="results folders, or folders of them (one section each)")
+    parser.add_argument("--docs", default="docs/results.md", help="the page to write (default: %(default)s)")
+    parser.add_argument("--per-task", nargs="*", default=[], help="results folders (or a parent) of per-task adapters")
+    parser.add_argument("--scoreboard", default="", help="comma list of adapter folders for the headline table")
+    parser.add_argument("--notes", default=None, help="markdown file appended at the end")
+    args = parser.parse_args(argv)
+    per_task = set(_expand(args.per_task)) if args.per_task else set()
+    dirs = [d for d in _expand(args.results) if d not in per_task]
+    notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else None
+    adapters = [a for a in args.scoreboard.split(",") if a]
+    page = render_docs(dirs, args.docs, per_task_dirs=sorted(per_task), notes=notes, scoreboard=adapters)
+    print(f"Wrote {page}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
