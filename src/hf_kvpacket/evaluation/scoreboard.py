@@ -180,12 +180,13 @@ def build_scoreboard(results: Sequence[str | os.PathLike], adapters: Sequence[st
     return board
 
 
-def _cell(stat: Mapping[str, Any] | None, n: int | None = None) -> str:
+def _cell(stat: Mapping[str, Any] | None, n: int | None = None, fmt: str = ".3f") -> str:
+    """`mean [lo, hi]`, with `(n=…)` where the cell covers fewer examples than its row."""
     if not stat or stat.get("mean") is None:
         return "—"
-    text = f"{stat['mean']:.3f}"
+    text = f"{stat['mean']:{fmt}}"
     if stat.get("ci"):
-        text += f" [{stat['ci'][0]:.3f}, {stat['ci'][1]:.3f}]"
+        text += f" [{stat['ci'][0]:{fmt}}, {stat['ci'][1]:{fmt}}]"
     if n is not None and stat.get("n") != n:
         text += f" (n={stat['n']})"
     return text
@@ -197,15 +198,6 @@ def _share(g: Mapping[str, Any] | None) -> str:
     text = f"{100 * g['share']:.0f}%"
     if g.get("lo") is not None:
         text += f" [{100 * g['lo']:.0f}%, {100 * g['hi']:.0f}%]"
-    return text
-
-
-def _delta(d: Mapping[str, Any] | None) -> str:
-    if not d or d.get("mean") is None:
-        return "—"
-    text = f"{d['mean']:+.3f}"
-    if d.get("ci"):
-        text += f" [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
     return text
 
 
@@ -228,7 +220,7 @@ def scoreboard_markdown(board: Sequence[Mapping[str, Any]], method: str = METHOD
                   " | − CacheBlend | − EPIC |", "|---|" + "---|" * (len(COLUMNS) + 1)]
         for task, row in entry["tasks"].items():
             cells = [_cell(row["fidelity"].get(m), row["n"]) for m in COLUMNS[1:-1] + (method,)]
-            cells += [_delta(row["fidelity_vs"].get(b)) for b in BASELINES]
+            cells += [_cell(row["fidelity_vs"].get(b), fmt="+.3f") for b in BASELINES]
             lines.append(f"| {task} | " + " | ".join(cells) + " |")
         lines += ["", "Sources: " + "; ".join(f"{t}: " + ", ".join(f"`{d}`" for d in dirs)
                                               for t, dirs in entry["sources"].items()), ""]
