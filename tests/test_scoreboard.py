@@ -83,4 +83,5 @@ def test_docs_page_starts_with_the_scoreboard(tmp_path, results):
                  str(adapter)]) == 0
     text = page.read_text()
     assert text.index("## Headline") < text.index("## Runs") < text.index("(`mine`)")
+    assert "python -m hf_kvpacket.evaluation.pages " in text and "--scoreboard" in text
     assert (tmp_path / "docs" / "img" / "scoreboard.png").is_file()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 from collections.abc import Sequence
@@ -72,7 +73,7 @@ def render_docs(results_dirs: str | os.PathLike | Sequence[str | os.PathLike],
                 docs_path: str | os.PathLike = "docs/results.md", image_dir: str | os.PathLike | None = None,
                 title: str = "Results", per_task_dirs: Sequence[str | os.PathLike] = (),
                 notes: str | None = None, scoreboard: Sequence[str | os.PathLike] = (),
-                scoreboard_results: Sequence[str | os.PathLike] | None = None) -> Path:
+                scoreboard_results: Sequence[str | os.PathLike] | None = None, command: str | None = None) -> Path:
     """Write a docs page from one or more results folders: tables, plots (copied to `image_dir`), exact commands.
 
     Parameters
@@ -96,6 +97,8 @@ def render_docs(results_dirs: str | os.PathLike | Sequence[str | os.PathLike],
         :func:`~hf_kvpacket.evaluation.scoreboard.build_scoreboard`, with a fidelity figure.
     scoreboard_results:
         Results folders (or parents of them) the scoreboard pools from.
+    command:
+        The command that rebuilds this page, printed under the title.
 
     Returns
     -------
@@ -122,6 +125,8 @@ def render_docs(results_dirs: str | os.PathLike | Sequence[str | os.PathLike],
         "(`hf_kvpacket.baselines.flops`)."
     )
     lines = [f"# {title}", "", intro, ""]
+    if command:
+        lines += ["Rebuild this page from the results folders (no model runs):", "", "```bash", command, "```", ""]
     if scoreboard:
         from .scoreboard import build_scoreboard, plot_scoreboard, scoreboard_markdown
 
@@ -180,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     dirs = [d for d in _expand(args.results) if d not in per_task]
     notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else None
     adapters = [a for a in args.scoreboard.split(",") if a]
-    page = render_docs(dirs, args.docs, per_task_dirs=sorted(per_task), notes=notes, scoreboard=adapters)
+    command = "python -m hf_kvpacket.evaluation.pages " + shlex.join(sys.argv[1:] if argv is None else argv)
+    page = render_docs(dirs, args.docs, per_task_dirs=sorted(per_task), notes=notes, scoreboard=adapters,
+                       command=command)
     print(f"Wrote {page}")
     return 0
 
