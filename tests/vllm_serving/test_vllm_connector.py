@@ -58,6 +58,10 @@ def setup(hf, tmp_path_factory):
     tpl = PromptTemplate.from_tokenizer(tok, system_prompt="You are a helpful assistant.")
     adapters = {name: PacketAdapter.from_pretrained(os.path.join(ROOT, "adapters", f"{MODEL}-{name}"))
                 for name in ("mixture", "biography")}
+    # an adapter with the mixture's slot counts but other weights: its requests have the same placeholder token ids
+    # (the shipped adapters need not share slot counts)
+    mix = adapters["mixture"].config
+    adapters["twin"] = PacketAdapter.for_model(model, mix.num_header_tokens, mix.num_trailer_tokens, seed=11)
     builders = {None: PacketPromptBuilder(PacketStore(root, model, tok), tpl)}
     for name, a in adapters.items():
         builders[name] = PacketPromptBuilder(PacketStore(root, model, tok, a), tpl)
@@ -158,15 +162,18 @@ def test_d_prefix_caching_never_aliases_packets_behind_equal_placeholders(setup,
     tok = setup["tok"]
     docs = [DOCS[2], DOCS[0]]
     ra = setup["builders"]["mixture"].build(docs, QUESTIONS[1])
-    rb = setup["builders"]["biography"].build(docs, QUESTIONS[1])
+    rb = setup["builders"]["twin"].build(docs, QUESTIONS[1])
     assert ra.prompt_token_ids == rb.prompt_token_ids and ra.cache_salt != rb.cache_salt
     (oa,) = vllm_run(llm, [ra])
     (ob,) = vllm_run(llm, [rb])
     assert VLLMPrompt.status(ob)["status"] == "loaded"  # not served from request a's cached blocks
     assert tokens(oa, tok.eos_token_id) == hf_answer(setup, "mixture", docs, QUESTIONS[1])
-    assert tokens(ob, tok.eos_token_id) == hf_answer(setup, "biography", docs, QUESTIONS[1])
+    assert tokens(ob, tok.eos_token_id) == hf_answer(setup, "twin", docs, QUESTIONS[1])
     (again,) = vllm_run(llm, [ra])  # the same packets again: vLLM's prefix cache serves them, same answer
-    assert VLLMPrompt.status(again)["status"] == "prefix_cached"
+    st = VLLMPrompt.status(again)
+    # vLLM caches whole blocks: when the packets end inside a block, the cached blocks serve all but that tail, which
+    # the connector loads (a partial hit); when they end on a block boundary nothing is loaded at all
+    assert st["status"] == "prefix_cached" or (st["status"] == "loaded" and st["loaded_tokens"] < st["packet_tokens"]), st
     assert tokens(again, tok.eos_token_id) == tokens(oa, tok.eos_token_id)
 
 
