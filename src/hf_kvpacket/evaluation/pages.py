@@ -166,12 +166,6 @@ def render_docs(results_dirs: str | os.PathLike | Sequence[str | os.PathLike],
     return docs_path
 
 
-def _expand(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    from .scoreboard import _results_dirs
-
-    return _results_dirs(paths)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hf_kvpacket.evaluation.pages", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -180,11 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-task", nargs="*", default=[], help="results folders (or a parent) of per-task adapters")
     parser.add_argument("--scoreboard", default="", help="comma list of adapter folders for the headline table")
     parser.add_argument("--notes", default=None, help="markdown file appended at the end")
+    from .cli import _csv
+    from .scoreboard import _results_dirs
+
     args = parser.parse_args(argv)
-    per_task = set(_expand(args.per_task)) if args.per_task else set()
-    dirs = [d for d in _expand(args.results) if d not in per_task]
+    per_task = set(_results_dirs(args.per_task)) if args.per_task else set()
+    dirs = [d for d in _results_dirs(args.results) if d not in per_task]
     notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else None
-    adapters = [a for a in args.scoreboard.split(",") if a]
+    adapters = _csv(args.scoreboard)
     command = "python -m hf_kvpacket.evaluation.pages " + shlex.join(sys.argv[1:] if argv is None else argv)
     page = render_docs(dirs, args.docs, per_task_dirs=sorted(per_task), notes=notes, scoreboard=adapters,
                        command=command)

@@ -91,25 +91,21 @@ def _settings(meta: Mapping[str, Any]) -> tuple:
     return tuple(meta.get(k, "eval" if k == "split" else None) for k in SETTINGS)
 
 
-def _pool(dirs: Sequence[Path], fingerprint: str, method: str, dtype: str | None) -> dict[str, Any] | None:
-    """Records of `method` under `fingerprint` and of the baselines on the same settings, keyed by (task, sha)."""
-    loaded = []
-    for d in dirs:
-        meta = _meta(d)
-        if dtype is not None and meta.get("dtype") != dtype:
-            continue
-        loaded.append((d, meta))
-    own = [(d, m) for d, m in loaded if m.get("adapter_fingerprint") == fingerprint]
+def _pool(loaded: Sequence[tuple[Path, Mapping[str, Any], Sequence[Mapping[str, Any]]]], fingerprint: str,
+          method: str) -> dict[str, Any] | None:
+    """Records of `method` under `fingerprint` and of the baselines on the same settings, keyed by (task, sha);
+    `loaded` holds (folder, meta, records) of every results folder considered."""
+    own = [(d, m) for d, m, _ in loaded if m.get("adapter_fingerprint") == fingerprint]
     if not own:
         return None
     settings = _settings(own[0][1])
     answers: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
     sources: dict[str, set[str]] = {}
-    for d, meta in loaded:
+    for d, meta, records in loaded:
         if _settings(meta) != settings:
             continue
         mine = meta.get("adapter_fingerprint") == fingerprint
-        for r in read_records(d / SAMPLES_FILE):
+        for r in records:
             if "error" in r or "example_sha" not in r:
                 continue
             name = r["method"]
@@ -163,11 +159,13 @@ def build_scoreboard(results: Sequence[str | os.PathLike], adapters: Sequence[st
     """One entry per adapter: `{"adapter", "fingerprint", "model", "settings", "tasks": {task: score_task(...)},
     "sources": {task: [folders]}}`, pooled from the results folders under `results` (only `dtype` runs; fp32 by
     default, since bf16 on a CPU changes the reference answers themselves)."""
-    dirs = _results_dirs(results)
+    # every folder's metadata and records read once, whatever the number of adapters
+    loaded = [(d, meta, read_records(d / SAMPLES_FILE)) for d in _results_dirs(results)
+              for meta in [_meta(d)] if dtype is None or meta.get("dtype") == dtype]
     board = []
     for adapter in adapters:
         fingerprint = adapter_fingerprint_of(adapter)
-        pooled = _pool(dirs, fingerprint, method, dtype)
+        pooled = _pool(loaded, fingerprint, method)
         if pooled is None:
             raise ReportError(f"No {dtype or 'any-dtype'} results of adapter {adapter} (fingerprint {fingerprint}) "
                               f"under {', '.join(map(str, results))}: evaluate it with `kvpacket eval --adapter "
