@@ -85,3 +85,34 @@ def test_docs_page_starts_with_the_scoreboard(tmp_path, results):
     assert text.index("## Headline") < text.index("## Runs") < text.index("(`mine`)")
     assert "python -m hf_kvpacket.evaluation.pages " in text and "--scoreboard" in text
     assert (tmp_path / "docs" / "img" / "scoreboard.png").is_file()
+
+
+def test_mean_over_tasks_weighs_each_task_equally(tmp_path):
+    root = tmp_path / "results"
+    recs = []
+    for task, n, kv, cb in (("a", 20, 1.0, 0.0), ("b", 4, 0.0, 0.5)):  # task a has 5x the rows of task b
+        for i in range(n):
+            sha = f"{task}{i}"
+            recs += [(task, "full_recompute", sha, "x", 1.0), (task, "no_recompute", sha, "y", 0.0),
+                     (task, "kv_packet", sha, "x" if kv else "y", kv), (task, "cacheblend", sha, "z", cb)]
+    _run(root / "mine", recs, adapter_fingerprint="aaa")
+    [entry] = build_scoreboard([root], [_adapter(tmp_path / "shipped", "aaa")])
+    mean = entry["mean"]
+    assert mean["f1"]["kv_packet"]["mean"] == pytest.approx(0.5)  # (1.0 + 0.0) / 2, not 20/24
+    assert mean["f1"]["cacheblend"]["mean"] == pytest.approx(0.25)
+    assert "epic" not in mean["f1"] and "epic" not in mean["f1_vs"]
+    vs = mean["f1_vs"]["cacheblend"]
+    assert vs["mean"] == pytest.approx(0.25) and vs["n"] == 24
+    lo, hi = vs["ci"]
+    assert lo == pytest.approx(0.25) and hi == pytest.approx(0.25)  # no spread within either task
+    table = scoreboard_markdown([entry])
+    assert "| **mean over tasks** | 24 | 1.000 | 0.000 | 0.250 | — | 0.500 | |" in table
+    assert "CacheBlend +0.250 [+0.250, +0.250]" in table
+
+
+def test_macro_paired_difference_needs_pairs_in_every_task():
+    from hf_kvpacket.evaluation.intervals import macro_paired_difference
+
+    assert macro_paired_difference([([1.0, 0.0], [0.0, 0.0]), ([1.0], [0.0])]) is None
+    lo, hi = macro_paired_difference([([1.0, 0.0] * 10, [0.0] * 20), ([0.5] * 40, [0.5] * 40)])
+    assert 0.1 < lo < 0.25 < hi < 0.4

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .intervals import bootstrap_mean_ci, gap_share, paired_difference
+from .intervals import bootstrap_mean_ci, gap_share, macro_paired_difference, paired_difference
 from .metrics import fidelity as fidelity_score
 from .plots import _COLORS, _figure
 from .report import REFERENCE_METHOD, RESULTS_FILE, SAMPLES_FILE, ReportError, read_records
@@ -124,24 +124,29 @@ def _stat(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": sum(values) / len(values) if values else None, "ci": bootstrap_mean_ci(values), "n": len(values)}
 
 
-def score_task(answers: Mapping[str, Mapping[tuple[str, str], Mapping[str, Any]]], task: str,
-               method: str = METHOD) -> dict[str, Any]:
-    """One task's row: F1 and fidelity per method on the examples `method` answered, gap share, paired deltas."""
+def _per_example(answers: Mapping[str, Mapping[tuple[str, str], Mapping[str, Any]]], task: str,
+                 method: str) -> tuple[list[str], dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """The examples `method` answered on `task` (with a full-recompute answer), and per method {sha: F1} and
+    {sha: fidelity} on those of them it answered too."""
     ref = answers.get(REFERENCE_METHOD, {})
     shas = sorted(s for (t, s) in answers.get(method, {}) if t == task and (t, s) in ref)
-    f1: dict[str, Any] = {}
-    fid: dict[str, Any] = {}
     per_method_f1: dict[str, dict[str, float]] = {}
     per_method_fid: dict[str, dict[str, float]] = {}
     for name in COLUMNS[:-1] + (method,):
         rows = {s: answers.get(name, {}).get((task, s)) for s in shas}
         rows = {s: r for s, r in rows.items() if r is not None}
-        if not rows:
-            continue
-        per_method_f1[name] = {s: r["f1"] for s, r in rows.items()}
-        per_method_fid[name] = {s: fidelity_score(r["answer"], ref[(task, s)]["answer"]) for s, r in rows.items()}
-        f1[name] = _stat(list(per_method_f1[name].values()))
-        fid[name] = _stat(list(per_method_fid[name].values()))
+        if rows:
+            per_method_f1[name] = {s: r["f1"] for s, r in rows.items()}
+            per_method_fid[name] = {s: fidelity_score(r["answer"], ref[(task, s)]["answer"]) for s, r in rows.items()}
+    return shas, per_method_f1, per_method_fid
+
+
+def score_task(answers: Mapping[str, Mapping[tuple[str, str], Mapping[str, Any]]], task: str,
+               method: str = METHOD) -> dict[str, Any]:
+    """One task's row: F1 and fidelity per method on the examples `method` answered, gap share, paired deltas."""
+    shas, per_method_f1, per_method_fid = _per_example(answers, task, method)
+    f1 = {name: _stat(list(v.values())) for name, v in per_method_f1.items()}
+    fid = {name: _stat(list(v.values())) for name, v in per_method_fid.items()}
     deltas = {}
     for name in BASELINES:
         if name in per_method_fid:
@@ -152,6 +157,28 @@ def score_task(answers: Mapping[str, Mapping[tuple[str, str], Mapping[str, Any]]
                             "ci": paired_difference(a, b) if common else None, "n": len(common)}
     return {"n": len(shas), "f1": f1, "fidelity": fid, "gap_won": gap_share(per_method_f1, method),
             "fidelity_vs": deltas}
+
+
+def score_mean(answers: Mapping[str, Mapping[tuple[str, str], Mapping[str, Any]]], tasks: Sequence[str],
+               method: str = METHOD) -> dict[str, Any]:
+    """The macro mean F1 over `tasks` (each task weighs the same, whatever its n) of every method that answered all
+    of them, and `method`'s macro difference to each baseline on the examples both answered, with a stratified
+    paired bootstrap interval (:func:`~hf_kvpacket.evaluation.intervals.macro_paired_difference`)."""
+    per = {t: _per_example(answers, t, method)[1] for t in tasks}
+    f1 = {name: {"mean": sum(sum(per[t][name].values()) / len(per[t][name]) for t in tasks) / len(tasks),
+                 "n": sum(len(per[t][name]) for t in tasks)}
+          for name in COLUMNS[:-1] + (method,) if tasks and all(name in per[t] for t in tasks)}
+    f1_vs = {}
+    for name in BASELINES:
+        if name in f1 and method in f1:
+            groups = []
+            for t in tasks:
+                common = sorted(set(per[t][name]) & set(per[t][method]))
+                groups.append(([per[t][method][s] for s in common], [per[t][name][s] for s in common]))
+            if all(a for a, _ in groups):
+                f1_vs[name] = {"mean": sum(sum(a) / len(a) - sum(b) / len(b) for a, b in groups) / len(groups),
+                               "ci": macro_paired_difference(groups), "n": sum(len(a) for a, _ in groups)}
+    return {"tasks": list(tasks), "f1": f1, "f1_vs": f1_vs}
 
 
 def build_scoreboard(results: Sequence[str | os.PathLike], adapters: Sequence[str | os.PathLike],
@@ -174,6 +201,7 @@ def build_scoreboard(results: Sequence[str | os.PathLike], adapters: Sequence[st
         board.append({"adapter": Path(adapter).as_posix(), "fingerprint": fingerprint,
                       "model": pooled["meta"].get("model"), "settings": pooled["settings"],
                       "tasks": {t: score_task(pooled["answers"], t, method) for t in tasks},
+                      "mean": score_mean(pooled["answers"], tasks, method),
                       "sources": {t: sorted(pooled["sources"].get(t, ())) for t in tasks}})
     return board
 
@@ -213,6 +241,17 @@ def scoreboard_markdown(board: Sequence[Mapping[str, Any]], method: str = METHOD
         for task, row in entry["tasks"].items():
             cells = [_cell(row["f1"].get(m), row["n"]) for m in COLUMNS[:-1] + (method,)]
             lines.append(f"| {task} | {row['n']} | " + " | ".join(cells) + f" | {_share(row['gap_won'])} |")
+        mean = entry.get("mean") or {}
+        if len(entry["tasks"]) > 1 and mean.get("f1"):
+            cells = [_cell(mean["f1"].get(m)) for m in COLUMNS[:-1] + (method,)]
+            lines.append(f"| **mean over tasks** | {sum(r['n'] for r in entry['tasks'].values())} | "
+                         + " | ".join(cells) + " | |")
+            if mean.get("f1_vs"):
+                lines += ["", f"Mean token F1 over the {len(entry['tasks'])} tasks (each task weighs the same), "
+                          f"{LABELS.get(method, method)} minus each baseline on the examples both answered, with a "
+                          "paired bootstrap interval stratified by task: "
+                          + "; ".join(f"{LABELS.get(b, b)} {_cell(d, fmt='+.3f')}" for b, d in mean["f1_vs"].items())
+                          + "."]
         lines += ["", "**Fidelity** (token F1 against the full-recompute answer) and KV Packet's paired difference:", "",
                   "| task | " + " | ".join(LABELS.get(m, m) for m in COLUMNS[1:-1]) + f" | {LABELS.get(method, method)}"
                   " | − CacheBlend | − EPIC |", "|---|" + "---|" * (len(COLUMNS) + 1)]
@@ -288,4 +327,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["build_scoreboard", "score_task", "scoreboard_markdown", "plot_scoreboard", "adapter_fingerprint_of"]
+__all__ = ["build_scoreboard", "score_task", "score_mean", "scoreboard_markdown", "plot_scoreboard", "adapter_fingerprint_of"]
