@@ -53,11 +53,16 @@ def answer_source(answer: str, documents: Sequence[str], cover: float = 0.6) -> 
     >>> answer_source("the Eiffel tower", ["A bridge in Rome.", "The Eiffel Tower is in Paris."])
     1
     """
+    return _source(answer, [set(normalize_answer(d).split()) for d in documents], cover)
+
+
+def _source(answer: str, document_tokens: Sequence[set[str]], cover: float) -> int | None:
+    # `answer_source` over documents already normalised (once per row, not once per answer)
     tokens = set(normalize_answer(answer).split())
-    if not tokens or not documents:
+    if not tokens or not document_tokens:
         return None
-    shares = [len(tokens & set(normalize_answer(d).split())) / len(tokens) for d in documents]
-    best = max(range(len(documents)), key=shares.__getitem__)
+    shares = [len(tokens & d) / len(tokens) for d in document_tokens]
+    best = max(range(len(document_tokens)), key=shares.__getitem__)
     return best if shares[best] >= cover else None
 
 
@@ -67,12 +72,17 @@ def gold_documents(row: dict[str, Any]) -> set[int]:
     return {i for i, d in enumerate(row["documents"]) if any(g in f" {normalize_answer(d)} " for g in golds)}
 
 
+def _prepared(row: dict[str, Any]) -> tuple[list[set[str]], set[int]]:
+    return [set(normalize_answer(d).split()) for d in row["documents"]], gold_documents(row)
+
+
 def error_sources(records: Iterable[dict[str, Any]], rows: Iterable[dict[str, Any]], *,
                   reference: str = REFERENCE_METHOD, agree: float = 0.8,
                   cover: float = 0.6) -> dict[tuple[str, str], collections.Counter]:
     """(task, method) -> Counter over :data:`CATEGORIES` of the methods' answers against `reference`'s."""
     rows = {(r["task"], str(r["id"])): r for r in rows}
     records = [r for r in records if "error" not in r and (r["task"], str(r["id"])) in rows]
+    prepared = {key: _prepared(row) for key, row in rows.items()}
     ref = {(r["task"], str(r["id"])): r["answer"] for r in records if r["method"] == reference}
     out: dict[tuple[str, str], collections.Counter] = {}
     for r in records:
@@ -80,12 +90,12 @@ def error_sources(records: Iterable[dict[str, Any]], rows: Iterable[dict[str, An
         if r["method"] == reference or key not in ref:
             continue
         counts = out.setdefault((r["task"], r["method"]), collections.Counter({c: 0 for c in CATEGORIES}))
-        row = rows[key]
         if fidelity(r["answer"], ref[key]) >= agree:
             counts["agrees"] += 1
             continue
-        source = answer_source(r["answer"], row["documents"], cover)
-        golds = gold_documents(row) or {answer_source(ref[key], row["documents"], cover)} - {None}
+        document_tokens, golds = prepared[key]
+        source = _source(r["answer"], document_tokens, cover)
+        golds = golds or {_source(ref[key], document_tokens, cover)} - {None}
         if source is None:
             counts["no document"] += 1
         else:

@@ -144,7 +144,12 @@ def _per_example(answers: Mapping[str, Mapping[tuple[str, str], Mapping[str, Any
 def score_task(answers: Mapping[str, Mapping[tuple[str, str], Mapping[str, Any]]], task: str,
                method: str = METHOD) -> dict[str, Any]:
     """One task's row: F1 and fidelity per method on the examples `method` answered, gap share, paired deltas."""
-    shas, per_method_f1, per_method_fid = _per_example(answers, task, method)
+    return _score_row(*_per_example(answers, task, method), method)
+
+
+def _score_row(shas: Sequence[str], per_method_f1: Mapping[str, Mapping[str, float]],
+               per_method_fid: Mapping[str, Mapping[str, float]], method: str) -> dict[str, Any]:
+    """:func:`score_task` from the per-example scores of :func:`_per_example`."""
     f1 = {name: _stat(list(v.values())) for name, v in per_method_f1.items()}
     fid = {name: _stat(list(v.values())) for name, v in per_method_fid.items()}
     deltas = {}
@@ -159,12 +164,12 @@ def score_task(answers: Mapping[str, Mapping[tuple[str, str], Mapping[str, Any]]
             "fidelity_vs": deltas}
 
 
-def score_mean(answers: Mapping[str, Mapping[tuple[str, str], Mapping[str, Any]]], tasks: Sequence[str],
-               method: str = METHOD) -> dict[str, Any]:
-    """The macro mean F1 over `tasks` (each task weighs the same, whatever its n) of every method that answered all
-    of them, and `method`'s macro difference to each baseline on the examples both answered, with a stratified
-    paired bootstrap interval (:func:`~hf_kvpacket.evaluation.intervals.macro_paired_difference`)."""
-    per = {t: _per_example(answers, t, method)[1] for t in tasks}
+def score_mean(per: Mapping[str, Mapping[str, Mapping[str, float]]], method: str = METHOD) -> dict[str, Any]:
+    """The macro mean F1 over the tasks of `per` (task -> method -> {example sha: F1}; each task weighs the same,
+    whatever its n) of every method that answered all of them, and `method`'s macro difference to each baseline on
+    the examples both answered, with a stratified paired bootstrap interval
+    (:func:`~hf_kvpacket.evaluation.intervals.macro_paired_difference`)."""
+    tasks = list(per)
     f1 = {name: {"mean": sum(sum(per[t][name].values()) / len(per[t][name]) for t in tasks) / len(tasks),
                  "n": sum(len(per[t][name]) for t in tasks)}
           for name in COLUMNS[:-1] + (method,) if tasks and all(name in per[t] for t in tasks)}
@@ -198,10 +203,11 @@ def build_scoreboard(results: Sequence[str | os.PathLike], adapters: Sequence[st
                               f"under {', '.join(map(str, results))}: evaluate it with `kvpacket eval --adapter "
                               f"{adapter} --methods full_recompute,no_recompute,kv_packet ...` first.")
         tasks = sorted({t for (t, _) in pooled["answers"].get(method, {})})
+        per = {t: _per_example(pooled["answers"], t, method) for t in tasks}  # shared by the task rows and the mean
         board.append({"adapter": Path(adapter).as_posix(), "fingerprint": fingerprint,
                       "model": pooled["meta"].get("model"), "settings": pooled["settings"],
-                      "tasks": {t: score_task(pooled["answers"], t, method) for t in tasks},
-                      "mean": score_mean(pooled["answers"], tasks, method),
+                      "tasks": {t: _score_row(*per[t], method) for t in tasks},
+                      "mean": score_mean({t: per[t][1] for t in tasks}, method),
                       "sources": {t: sorted(pooled["sources"].get(t, ())) for t in tasks}})
     return board
 
