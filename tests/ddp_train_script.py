@@ -44,6 +44,11 @@ def main(out: str) -> None:
     torch.save({"world": trainer.args.world_size, "header": adapter.header.detach().clone(),
                 "trailer": adapter.trailer.detach().clone()}, os.path.join(out, f"rank{rank}.pt"))
     trainer.save_model(os.path.join(out, "final"))
+    # tear the gloo group down before the interpreter exits: left to exit-time destructors, a rank can abort with
+    # "terminate called without an active exception" (seen once in a clean-clone CI run on transformers 5.17)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
