@@ -111,3 +111,32 @@ def test_compare_pairs_by_example_and_refuses_other_rows(tmp_path):
         (tmp_path / name / "samples.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
     assert compare_runs(str(tmp_path / "x"), f"{tmp_path / 'y'}:cacheblend")[0]["b"] == 0.0
     assert main(["compare", str(tmp_path / "x"), str(tmp_path / "y"), "--json"]) == 0
+
+
+def test_compare_measures_fidelity_against_another_runs_answers(tmp_path):
+    import json
+
+    import pytest
+
+    from hf_kvpacket.cli import main
+    from hf_kvpacket.evaluation.compare import compare_records
+    from hf_kvpacket.evaluation.report import ReportError
+
+    fp32 = _recs("full_recompute", [1.0] * 10) + _recs("kv_packet", [1.0] * 4 + [0.0] * 6)
+    bf16 = _recs("full_recompute", [1.0] * 8 + [0.0] * 2)  # numerical noise moved two of ten answers
+    row = compare_records(bf16, fp32, "full_recompute", "kv_packet", "fidelity", reference=fp32)[0]
+    assert (row["a"], row["b"]) == (0.8, 0.4) and abs(row["diff"] - 0.4) < 1e-12
+    # Without a reference each run is measured against its own full recompute: bf16 against itself is 1.0.
+    assert compare_records(bf16, fp32, "full_recompute", "kv_packet", "fidelity")[0]["a"] == 1.0
+    with pytest.raises(ReportError, match="another row in the reference run"):
+        compare_records(bf16, fp32, "full_recompute", "kv_packet", "fidelity",
+                        reference=_recs("full_recompute", [1.0] * 10, sha="other"))
+    with pytest.raises(ReportError, match="no answers of method 'epic'"):
+        compare_records(bf16, fp32, "full_recompute", "kv_packet", "fidelity", reference=fp32, reference_method="epic")
+    for name, recs in (("bf16", bf16), ("fp32", fp32)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "samples.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
+    assert main(["compare", f"{tmp_path / 'bf16'}:full_recompute", str(tmp_path / "fp32"), "--metric", "fidelity",
+                 "--reference", str(tmp_path / "fp32")]) == 0
+    with pytest.raises(SystemExit, match="add --metric fidelity"):
+        main(["compare", str(tmp_path / "bf16"), str(tmp_path / "fp32"), "--reference", str(tmp_path / "fp32")])

@@ -34,7 +34,9 @@ def _encode(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from .evaluation.compare import compare_runs, markdown
 
-    rows = compare_runs(args.a, args.b, metric=args.metric)
+    if args.reference and args.metric != "fidelity":
+        raise SystemExit("kvpacket compare: --reference is the run fidelity is measured against; add --metric fidelity.")
+    rows = compare_runs(args.a, args.b, metric=args.metric, reference=args.reference)
     print(json.dumps(rows, indent=1) if args.json else markdown(rows, args.a, args.b, args.metric))
     return 0
 
@@ -63,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", help="results folder, or DIR:method (default method: kv_packet)")
     p.add_argument("b", help="results folder, or DIR:method (default: the first run's method)")
     p.add_argument("--metric", default="f1", help="f1, exact_match, fidelity, ttft_s, ... (default: %(default)s)")
+    p.add_argument("--reference", default=None,
+                   help="with --metric fidelity: measure both runs against this run's answers, DIR or DIR:method "
+                        "(default method full_recompute; default: each run's own full recompute), e.g. full "
+                        "recompute in bf16 against fp32 to see how far numerical noise alone moves greedy answers")
     p.add_argument("--json", action="store_true", help="print JSON rows instead of a markdown table")
     p.set_defaults(func=_compare)
     from .bench import cli as bench_cli

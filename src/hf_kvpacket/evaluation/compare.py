@@ -45,18 +45,53 @@ def _scores(records: Iterable[dict[str, Any]], method: str, metric: str,
     return out
 
 
+def _reference(records: Sequence[dict[str, Any]], method: str, runs: Sequence[Sequence[dict[str, Any]]]
+               ) -> dict[tuple[str, str], str]:
+    """`reference_answers` of `method` in `records`, refused where an example id holds another row in `runs`."""
+    shas = {(r["task"], r["id"]): r.get("example_sha") for r in records if r.get("method") == method}
+    for run in runs:
+        for r in run:
+            sha = shas.get((r["task"], r["id"]))
+            if sha and r.get("example_sha") and sha != r["example_sha"]:
+                raise ReportError(f"Example {r['id']!r} of task {r['task']!r} holds another row in the reference run "
+                                  "(example_sha differs): pick a reference made with the same --seed and "
+                                  "--num-samples.")
+    answers = reference_answers(records, method)
+    if not answers:
+        raise ReportError(f"The reference run has no answers of method {method!r}; name one it has (`DIR:method`).")
+    return answers
+
+
 def compare_records(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], method_a: str = "kv_packet",
-                    method_b: str | None = None, metric: str = "f1", seed: int = 0) -> list[dict[str, Any]]:
+                    method_b: str | None = None, metric: str = "f1", seed: int = 0,
+                    reference: Sequence[dict[str, Any]] | None = None,
+                    reference_method: str = "full_recompute") -> list[dict[str, Any]]:
     """Per task: mean `metric` of `method_a` in records `a` and of `method_b` (default the same) in `b`, on the
     examples both answered, and the paired mean difference a - b with its 95% bootstrap interval.
 
     `metric` is a per-sample field (`f1`, `exact_match`, `ttft_s`, ...) or `fidelity` (agreement with the
-    full-recompute answer of the same run). Raises :class:`ReportError` when no task has examples in common or an
-    example id carries different rows in the two runs.
+    full-recompute answer of the same run, or with `reference_method`'s answers in the records `reference`: e.g.
+    how far full recompute in bf16 moves from full recompute in fp32, the floor any inexact method stands on).
+    Raises :class:`ReportError` when no task has examples in common or an example id carries different rows in the
+    runs.
+
+    >>> row = lambda m, i, a: {"task": "t", "method": m, "id": i, "answer": a, "example_sha": i}
+    >>> fp32 = [row("full_recompute", "0", "London"), row("full_recompute", "1", "1815"),
+    ...         row("kv_packet", "0", "London"), row("kv_packet", "1", "Paris")]
+    >>> bf16 = [row("full_recompute", "0", "London"), row("full_recompute", "1", "1815")]
+    >>> r = compare_records(bf16, fp32, "full_recompute", "kv_packet", "fidelity", reference=fp32)[0]
+    >>> r["a"], r["b"]  # bf16 full recompute agrees with fp32 on both rows, KV Packet on one
+    (1.0, 0.5)
     """
     method_b = method_b or method_a
-    sa = _scores(a, method_a, metric, reference_answers(a) if metric == "fidelity" else None)
-    sb = _scores(b, method_b, metric, reference_answers(b) if metric == "fidelity" else None)
+    if reference is not None and metric == "fidelity":
+        ref_a = ref_b = _reference(reference, reference_method, (a, b))
+    elif metric == "fidelity":
+        ref_a, ref_b = reference_answers(a, reference_method), reference_answers(b, reference_method)
+    else:
+        ref_a = ref_b = None
+    sa = _scores(a, method_a, metric, ref_a)
+    sb = _scores(b, method_b, metric, ref_b)
     rows = []
     for task in sorted(set(sa) & set(sb)):
         ids = sorted(set(sa[task]) & set(sb[task]))
@@ -87,15 +122,23 @@ def _split_spec(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
-def compare_runs(a: str, b: str, metric: str = "f1", default_method: str = "kv_packet") -> list[dict[str, Any]]:
-    """:func:`compare_records` of two results folders, each given as `DIR` or `DIR:method` (default `kv_packet`).
+def compare_runs(a: str, b: str, metric: str = "f1", default_method: str = "kv_packet",
+                 reference: str | None = None) -> list[dict[str, Any]]:
+    """:func:`compare_records` of two results folders, each given as `DIR` or `DIR:method` (default `kv_packet`);
+    `reference` (`DIR` or `DIR:method`, default method `full_recompute`) is the run fidelity is measured against.
 
     >>> compare_runs("results/v2", "results/v1:cacheblend")  # doctest: +SKIP
+    >>> compare_runs("runs/bf16:full_recompute", "results/fp32", "fidelity", reference="results/fp32")  # doctest: +SKIP
     """
     (dir_a, method_a), (dir_b, method_b) = _split_spec(a), _split_spec(b)
+    ref_records, ref_method = None, "full_recompute"
+    if reference is not None:
+        ref_dir, ref_method = _split_spec(reference)
+        ref_records, ref_method = read_records(os.path.join(ref_dir, SAMPLES_FILE)), ref_method or "full_recompute"
     return compare_records(read_records(os.path.join(dir_a, SAMPLES_FILE)),
                            read_records(os.path.join(dir_b, SAMPLES_FILE)),
-                           method_a or default_method, method_b or method_a or default_method, metric)
+                           method_a or default_method, method_b or method_a or default_method, metric,
+                           reference=ref_records, reference_method=ref_method)
 
 
 def markdown(rows: Sequence[dict[str, Any]], a: str, b: str, metric: str = "f1") -> str:
