@@ -116,3 +116,24 @@ def test_macro_paired_difference_needs_pairs_in_every_task():
     assert macro_paired_difference([([1.0, 0.0], [0.0, 0.0]), ([1.0], [0.0])]) is None
     lo, hi = macro_paired_difference([([1.0, 0.0] * 10, [0.0] * 20), ([0.5] * 40, [0.5] * 40)])
     assert 0.1 < lo < 0.25 < hi < 0.4
+
+
+def test_noise_floor_is_full_recompute_in_another_dtype_against_the_fp32_answers(tmp_path, results):
+    adapter = _adapter(tmp_path / "shipped", "aaa")
+    assert "noise floor" not in scoreboard_markdown(build_scoreboard([results], [adapter]))  # no such run yet
+    # bf16 full recompute on the same rows moves one answer of four; another answer budget never counts
+    _run(results / "floor", [("qa", "full_recompute", f"e{i}", "red car" if i else "red", 1.0) for i in range(4)],
+         dtype="bfloat16")
+    _run(results / "floor-longer", [("qa", "full_recompute", f"e{i}", "no", 0.0) for i in range(4)],
+         dtype="bfloat16", max_new_tokens=32)
+    [entry] = build_scoreboard([results], [adapter])
+    assert entry["noise_floor_dtypes"] == ["bfloat16"]
+    floor = entry["tasks"]["qa"]["fidelity"]["noise_floor"]
+    assert floor["n"] == 4 and floor["mean"] == pytest.approx((2 / 3 + 3) / 4)  # "red" vs "red car": F1 2/3
+    assert entry["tasks"]["qa"]["f1"]["full_recompute"]["mean"] == 1.0  # the fp32 answers stay the reference
+    text = scoreboard_markdown([entry])
+    assert "full recompute in bfloat16 against the float32 answers" in text and " noise floor |" in text
+    assert "| 0.917 [" in text
+    from hf_kvpacket.evaluation.scoreboard import plot_scoreboard
+
+    assert plot_scoreboard([entry], tmp_path / "board.png").stat().st_size > 0

@@ -10,7 +10,10 @@ query and answers), so every number in a row of the table comes from the same ex
 * baseline answers from any folder with the same model, dtype, answer budget, system prompt and split;
 * fidelity is each answer's token F1 against the full-recompute answer of the same example; the share of the
   no-recompute -> full-recompute gap and the paired differences against CacheBlend/EPIC are bootstrapped over the
-  examples all of them answered (:mod:`hf_kvpacket.evaluation.intervals`).
+  examples all of them answered (:mod:`hf_kvpacket.evaluation.intervals`);
+* where full recompute was also run in another dtype on the same rows (e.g. bf16, same other settings), its fidelity
+  to the fp32 answers is the *noise floor*: how far numerical noise alone moves greedy answers, the ceiling against
+  which any inexact method's fidelity reads.
 
 Render it (markdown + a figure with the intervals) with::
 
@@ -45,6 +48,8 @@ LABELS = {REFERENCE_METHOD: "full recompute", NO_RECOMPUTE: "no recompute", "cac
           "epic": "EPIC", METHOD: "KV Packet"}
 # answers are comparable only when these settings agree (the rows themselves are matched by example_sha)
 SETTINGS = ("model", "dtype", "max_new_tokens", "system_prompt", "split")
+# full recompute in another dtype on the same rows: fidelity under numerical noise alone (see the module docstring)
+NOISE_FLOOR = "noise_floor"
 
 
 def adapter_fingerprint_of(adapter_dir: str | os.PathLike) -> str:
@@ -120,6 +125,23 @@ def _pool(loaded: Sequence[tuple[Path, Mapping[str, Any], Sequence[Mapping[str, 
     return {"meta": own[0][1], "answers": answers, "sources": sources, "settings": dict(zip(SETTINGS, settings))}
 
 
+def _noise_floor(loaded: Sequence[tuple[Path, Mapping[str, Any], Sequence[Mapping[str, Any]]]],
+                 settings: Mapping[str, Any]) -> tuple[dict[tuple[str, str], dict[str, Any]], list[str]]:
+    """Full-recompute answers, keyed by (task, sha), of runs in settings that differ from `settings` in dtype only;
+    and the dtypes they were run in."""
+    floor: dict[tuple[str, str], dict[str, Any]] = {}
+    dtypes: set[str] = set()
+    for _, meta, records in loaded:
+        other = dict(zip(SETTINGS, _settings(meta)))
+        if other["dtype"] == settings["dtype"] or any(other[k] != settings[k] for k in SETTINGS if k != "dtype"):
+            continue
+        for r in records:
+            if r.get("method") == REFERENCE_METHOD and "error" not in r and "example_sha" in r:
+                floor.setdefault((r["task"], r["example_sha"]), r)
+                dtypes.add(str(other["dtype"]))
+    return floor, sorted(dtypes)
+
+
 def _stat(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": sum(values) / len(values) if values else None, "ci": bootstrap_mean_ci(values), "n": len(values)}
 
@@ -132,7 +154,7 @@ def _per_example(answers: Mapping[str, Mapping[tuple[str, str], Mapping[str, Any
     shas = sorted(s for (t, s) in answers.get(method, {}) if t == task and (t, s) in ref)
     per_method_f1: dict[str, dict[str, float]] = {}
     per_method_fid: dict[str, dict[str, float]] = {}
-    for name in COLUMNS[:-1] + (method,):
+    for name in COLUMNS[:-1] + (method, NOISE_FLOOR):
         rows = {s: answers.get(name, {}).get((task, s)) for s in shas}
         rows = {s: r for s, r in rows.items() if r is not None}
         if rows:
@@ -192,8 +214,8 @@ def build_scoreboard(results: Sequence[str | os.PathLike], adapters: Sequence[st
     "sources": {task: [folders]}}`, pooled from the results folders under `results` (only `dtype` runs; fp32 by
     default, since bf16 on a CPU changes the reference answers themselves)."""
     # every folder's metadata and records read once, whatever the number of adapters
-    loaded = [(d, meta, read_records(d / SAMPLES_FILE)) for d in _results_dirs(results)
-              for meta in [_meta(d)] if dtype is None or meta.get("dtype") == dtype]
+    everything = [(d, meta, read_records(d / SAMPLES_FILE)) for d in _results_dirs(results) for meta in [_meta(d)]]
+    loaded = [run for run in everything if dtype is None or run[1].get("dtype") == dtype]
     board = []
     for adapter in adapters:
         fingerprint = adapter_fingerprint_of(adapter)
@@ -202,10 +224,14 @@ def build_scoreboard(results: Sequence[str | os.PathLike], adapters: Sequence[st
             raise ReportError(f"No {dtype or 'any-dtype'} results of adapter {adapter} (fingerprint {fingerprint}) "
                               f"under {', '.join(map(str, results))}: evaluate it with `kvpacket eval --adapter "
                               f"{adapter} --methods full_recompute,no_recompute,kv_packet ...` first.")
+        floor, floor_dtypes = _noise_floor(everything, pooled["settings"]) if dtype is not None else ({}, [])
+        if floor:
+            pooled["answers"][NOISE_FLOOR] = floor
         tasks = sorted({t for (t, _) in pooled["answers"].get(method, {})})
         per = {t: _per_example(pooled["answers"], t, method) for t in tasks}  # shared by the task rows and the mean
         board.append({"adapter": Path(adapter).as_posix(), "fingerprint": fingerprint,
                       "model": pooled["meta"].get("model"), "settings": pooled["settings"],
+                      "noise_floor_dtypes": floor_dtypes,
                       "tasks": {t: _score_row(*per[t], method) for t in tasks},
                       "mean": score_mean({t: per[t][1] for t in tasks}, method),
                       "sources": {t: sorted(pooled["sources"].get(t, ())) for t in tasks}})
@@ -258,12 +284,17 @@ def scoreboard_markdown(board: Sequence[Mapping[str, Any]], method: str = METHOD
                           "paired bootstrap interval stratified by task: "
                           + "; ".join(f"{LABELS.get(b, b)} {_cell(d, fmt='+.3f')}" for b, d in mean["f1_vs"].items())
                           + "."]
-        lines += ["", "**Fidelity** (token F1 against the full-recompute answer) and KV Packet's paired difference:", "",
+        floor = entry.get("noise_floor_dtypes") or []
+        lines += ["", "**Fidelity** (token F1 against the full-recompute answer) and KV Packet's paired difference"
+                  + (f"; *noise floor*: full recompute in {'/'.join(floor)} against the {s['dtype']} answers, how far "
+                     "numerical noise alone moves greedy answers" if floor else "") + ":", "",
                   "| task | " + " | ".join(LABELS.get(m, m) for m in COLUMNS[1:-1]) + f" | {LABELS.get(method, method)}"
-                  " | − CacheBlend | − EPIC |", "|---|" + "---|" * (len(COLUMNS) + 1)]
+                  " | − CacheBlend | − EPIC |" + (" noise floor |" if floor else ""),
+                  "|---|" + "---|" * (len(COLUMNS) + 1 + bool(floor))]
         for task, row in entry["tasks"].items():
             cells = [_cell(row["fidelity"].get(m), row["n"]) for m in COLUMNS[1:-1] + (method,)]
             cells += [_cell(row["fidelity_vs"].get(b), fmt="+.3f") for b in BASELINES]
+            cells += [_cell(row["fidelity"].get(NOISE_FLOOR), row["n"])] if floor else []
             lines.append(f"| {task} | " + " | ".join(cells) + " |")
         lines += ["", "Sources: " + "; ".join(f"{t}: " + ", ".join(f"`{d}`" for d in dirs)
                                               for t, dirs in entry["sources"].items()), ""]
@@ -291,6 +322,11 @@ def plot_scoreboard(board: Sequence[Mapping[str, Any]], path: str | os.PathLike,
                 err[1].append(hi - stat["mean"])
             ax.bar(xs, ys, width=width, yerr=err, capsize=2, label=LABELS.get(name, name),
                    color=_COLORS[(j + 1) % len(_COLORS)])
+        floors = [(i, entry["tasks"][t]["fidelity"].get(NOISE_FLOOR)) for i, t in enumerate(tasks)]
+        floors = [(i, f["mean"]) for i, f in floors if f and f["mean"] is not None]
+        for n, (i, y) in enumerate(floors):  # where full recompute alone lands under numerical noise
+            ax.hlines(y, i - 0.42, i + 0.42, colors="black", linestyles="dashed", linewidth=1,
+                      label=f"noise floor ({'/'.join(entry['noise_floor_dtypes'])} full recompute)" if n == 0 else None)
         ax.set_xticks(range(len(tasks)))
         ax.set_xticklabels([f"{t}\n(n={entry['tasks'][t]['n']})" for t in tasks], fontsize=8)
         ax.set_ylim(0, 1.05)
