@@ -22,7 +22,7 @@ from typing import Any
 
 from .intervals import paired_difference
 from .metrics import fidelity as fidelity_score
-from .report import SAMPLES_FILE, ReportError, read_records, reference_answers
+from .report import REFERENCE_METHOD, SAMPLES_FILE, ReportError, read_records, reference_answers
 
 
 def _scores(records: Iterable[dict[str, Any]], method: str, metric: str,
@@ -65,7 +65,7 @@ def _reference(records: Sequence[dict[str, Any]], method: str, runs: Sequence[Se
 def compare_records(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], method_a: str = "kv_packet",
                     method_b: str | None = None, metric: str = "f1", seed: int = 0,
                     reference: Sequence[dict[str, Any]] | None = None,
-                    reference_method: str = "full_recompute") -> list[dict[str, Any]]:
+                    reference_method: str = REFERENCE_METHOD) -> list[dict[str, Any]]:
     """Per task: mean `metric` of `method_a` in records `a` and of `method_b` (default the same) in `b`, on the
     examples both answered, and the paired mean difference a - b with its 95% bootstrap interval.
 
@@ -131,14 +131,12 @@ def compare_runs(a: str, b: str, metric: str = "f1", default_method: str = "kv_p
     >>> compare_runs("runs/bf16:full_recompute", "results/fp32", "fidelity", reference="results/fp32")  # doctest: +SKIP
     """
     (dir_a, method_a), (dir_b, method_b) = _split_spec(a), _split_spec(b)
-    ref_records, ref_method = None, "full_recompute"
-    if reference is not None:
-        ref_dir, ref_method = _split_spec(reference)
-        ref_records, ref_method = read_records(os.path.join(ref_dir, SAMPLES_FILE)), ref_method or "full_recompute"
+    ref_dir, ref_method = _split_spec(reference) if reference is not None else (None, None)
     return compare_records(read_records(os.path.join(dir_a, SAMPLES_FILE)),
                            read_records(os.path.join(dir_b, SAMPLES_FILE)),
                            method_a or default_method, method_b or method_a or default_method, metric,
-                           reference=ref_records, reference_method=ref_method)
+                           reference=read_records(os.path.join(ref_dir, SAMPLES_FILE)) if ref_dir else None,
+                           reference_method=ref_method or REFERENCE_METHOD)
 
 
 def markdown(rows: Sequence[dict[str, Any]], a: str, b: str, metric: str = "f1") -> str:
