@@ -667,3 +667,62 @@ def test_train_cli_on_policy_keeps_the_validation_kl_of_the_teacher_answers(tmp_
     assert plain["training_args"]["on_policy"] is None
     with pytest.raises(ValueError, match="--student full"):
         train_adapter(output=str(tmp_path / "x"), on_policy=0.5, student="frozen-docs", **common)
+
+
+def test_a_resume_checkpoint_continues_a_run_exactly_in_a_new_work_dir(tmp_path, monkeypatch):
+    """`export_best(with_resume=True)` -> `train_adapter(resume_from=...)` in a fresh work dir: the teacher rows are
+    rebuilt, the references and best adapter come with the checkpoint, and the continued run's step-3 adapter and
+    optimizer state equal the uninterrupted run's. Other teacher rows or an incomplete folder are refused."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from hf_kvpacket import ResumeCheckpointError
+    from hf_kvpacket.training.cli import export_best, train_adapter
+    from hf_kvpacket.training.resume import export_resume_checkpoint
+
+    common = dict(_tiny_biography_run(), num_train=4, num_val=2, batch_size=1, grad_accum=2, eval_steps=1,
+                  save_steps=1, max_steps=3, warmup_steps=1, lr=5e-2)
+    train_adapter(output=str(tmp_path / "a"), **common)
+    work = tmp_path / "a.work"
+    # the run's checkpoint after step 1, as a session that stopped there would have exported it
+    export_resume_checkpoint(str(work), str(work / "checkpoints" / "checkpoint-1"), None, str(tmp_path / "kept"),
+                             kept_files=("no_adapter_val_kl.json", "no_adapter_answers.json"))
+    kept = tmp_path / "kept" / "resume-checkpoint-1"
+    manifest = json.loads((kept / "resume.json").read_text())
+    assert manifest["checkpoint"] == "checkpoint-1" and manifest["references"] == ["no_adapter_val_kl.json"]
+    assert manifest["rows_fingerprint"] == (work / "teacher" / "rows_fingerprint.txt").read_text().strip()
+
+    from hf_kvpacket.training import PacketDistillationTrainer
+
+    steps = []  # micro-batches this process trains: a resumed run starts after step 1, a restarted one at step 0
+    step = PacketDistillationTrainer.training_step
+    monkeypatch.setattr(PacketDistillationTrainer, "training_step", lambda self, *a, **k: steps.append(1) or step(self, *a, **k))
+    train_adapter(output=str(tmp_path / "b"), work_dir=str(tmp_path / "b.work"), resume_from=str(kept), **common)
+    assert len(steps) == 2 * common["grad_accum"]
+    for name in ("adapter_model.safetensors",):
+        a = load_file(work / "checkpoints" / "checkpoint-3" / name)
+        b = load_file(tmp_path / "b.work" / "checkpoints" / "checkpoint-3" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    opt_a = torch.load(work / "checkpoints" / "checkpoint-3" / "optimizer.pt")["state"]
+    opt_b = torch.load(tmp_path / "b.work" / "checkpoints" / "checkpoint-3" / "optimizer.pt")["state"]
+    assert all(torch.equal(opt_a[k]["exp_avg"], opt_b[k]["exp_avg"]) for k in opt_a)
+    log_a = json.loads((tmp_path / "a" / "training_log.json").read_text())["training_args"]
+    log_b = json.loads((tmp_path / "b" / "training_log.json").read_text())["training_args"]
+    assert log_a["no_adapter_val_kl"] == log_b["no_adapter_val_kl"] and log_a["best_val_kl"] == log_b["best_val_kl"]
+
+    # the CLI's export: the last checkpoint, plus the best adapter when an earlier step was best
+    best = export_best(str(work), str(tmp_path / "ex"), with_resume=True)
+    out = json.loads((tmp_path / "ex" / "resume-checkpoint-3" / "resume.json").read_text())
+    assert out["best"] == (None if best.endswith("checkpoint-3") else os.path.basename(best))
+    assert (tmp_path / "ex" / "resume-checkpoint-3" / "best_adapter").is_dir() == (out["best"] is not None)
+
+    # other teacher rows (another seed) are refused, as is a folder that is not a resume checkpoint
+    with pytest.raises(ResumeCheckpointError, match="rebuild them"):
+        train_adapter(output=str(tmp_path / "c"), resume_from=str(kept), **{**common, "seed": 7})
+    broken = tmp_path / "broken"
+    shutil.copytree(kept, broken)
+    (broken / "optimizer.pt").unlink()
+    with pytest.raises(ResumeCheckpointError, match="lacks optimizer.pt"):
+        train_adapter(output=str(tmp_path / "d"), resume_from=str(broken), **common)

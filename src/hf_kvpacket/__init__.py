@@ -26,6 +26,7 @@ from .errors import (
     FingerprintMismatchError,
     KVPacketError,
     OfflineAssetError,
+    ResumeCheckpointError,
     PacketStoreError,
     RerotationGateError,
     UnsupportedModelError,
@@ -68,4 +69,5 @@ __all__ = [
     "EmptyQueryError",
     "ContextTooLongError",
     "OfflineAssetError",
+    "ResumeCheckpointError",
 ]

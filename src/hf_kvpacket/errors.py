@@ -44,6 +44,10 @@ class OfflineAssetError(KVPacketError):
     """An offline model or dataset package is not installed."""
 
 
+class ResumeCheckpointError(KVPacketError):
+    """A resume checkpoint (`kvpacket train --resume-from`) is incomplete or belongs to other teacher rows."""
+
+
 __all__ = [
     "KVPacketError",
     "UnsupportedModelError",
@@ -55,4 +59,5 @@ __all__ = [
     "EmptyQueryError",
     "ContextTooLongError",
     "OfflineAssetError",
+    "ResumeCheckpointError",
 ]

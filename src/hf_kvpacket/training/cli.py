@@ -81,6 +81,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="linear warm-up steps before the linear decay (default: 10, or one epoch when shorter); "
                         "changing it on --resume reshapes the rest of the schedule")
     p.add_argument("--resume", action="store_true", help="resume from the last checkpoint in the work dir")
+    p.add_argument("--resume-from", default=None, metavar="DIR",
+                   help="continue a run exactly in a new work dir from a folder written by --export-only --with-resume "
+                        "(implies --resume; the teacher rows are rebuilt by the same command, and checked)")
     p.add_argument("--init-from", default=None,
                    help="adapter folder or Hub id to start from (warm start, e.g. a per-task adapter from the mixture)")
     p.add_argument("--teacher-from", default=None,
@@ -91,6 +94,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "second core while a run trains; a later run reads them with --teacher-from")
     p.add_argument("--export-only", action="store_true",
                    help="write the best checkpoint so far to --output (e.g. while or after an interrupted run)")
+    p.add_argument("--with-resume", action="store_true",
+                   help="with --export-only: also write <output>/resume-checkpoint-N, the last checkpoint with what the "
+                        "work dir adds (no-adapter references, best adapter, rows fingerprint), for --resume-from")
 
 
 def parse_task_options(items: Sequence[str] | None) -> dict[str, Any]:
@@ -115,16 +121,24 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.export_only:
-        export_best(args.work_dir or args.output.rstrip("/") + ".work", args.output, task=args.task)
+        export_best(args.work_dir or args.output.rstrip("/") + ".work", args.output, task=args.task,
+                    with_resume=args.with_resume)
         return 0
-    kwargs = {k: v for k, v in vars(args).items() if k not in ("func", "command", "export_only", "threads")}
+    if args.with_resume:
+        raise ValueError("--with-resume goes with --export-only (it exports a running or stopped run's last checkpoint).")
+    kwargs = {k: v for k, v in vars(args).items()
+              if k not in ("func", "command", "export_only", "with_resume", "threads")}
     kwargs["task_options"] = parse_task_options(args.task_options)
     train_adapter(**kwargs)
     return 0
 
 
-def export_best(work_dir: str, output: str, task: str | None = None, eval_results: dict | None = None) -> str:
-    """Copy the best checkpoint (lowest validation KL, or highest answer fidelity with `--select-on fidelity`) of a run to `output` as an adapter with its card."""
+def export_best(work_dir: str, output: str, task: str | None = None, eval_results: dict | None = None,
+                with_resume: bool = False) -> str:
+    """Copy the best checkpoint (lowest validation KL, or highest answer fidelity with `--select-on fidelity`) of a run to `output` as an adapter with its card.
+
+    `with_resume` also writes `<output>/resume-checkpoint-N` (training/resume.py): the last checkpoint and what the
+    work dir adds to it, which `train_adapter(resume_from=...)` continues exactly in another work dir."""
     from ..adapter import PacketAdapter
 
     ckpt_dir = os.path.join(work_dir, "checkpoints")
@@ -160,6 +174,13 @@ def export_best(work_dir: str, output: str, task: str | None = None, eval_result
     adapter.save_pretrained(output, training_args=training_args, eval_results=eval_results,
                             datasets=[training_args["task"]] if training_args["task"] else None)
     _write_log(output, work_dir, training_args, state["log_history"])
+    if with_resume:
+        from .resume import export_resume_checkpoint
+
+        for old in (d for d in os.listdir(output) if d.startswith("resume-checkpoint-")):  # one per export: the last
+            shutil.rmtree(os.path.join(output, old))
+        export_resume_checkpoint(work_dir, os.path.join(ckpt_dir, cks[-1]), best, output,
+                                 kept_files=(REFERENCE_FILE, ANSWERS_REFERENCE_FILE))
     return best
 
 
@@ -227,15 +248,17 @@ def _reference_kl(work_dir: str, base: Any, val: Any, pad: int, loss: str) -> tu
     from .trainer import task_rows
 
     tasks = task_rows(val)
+    dtype = str(next(base.parameters()).dtype).removeprefix("torch.")
     stored = _read_kept(work_dir, REFERENCE_FILE)
-    if (stored is not None and (len(tasks) < 2 or "per_task" in stored)
+    # References kept before the dtype was recorded are taken as they are (they were measured in this run's dtype).
+    if (stored is not None and (len(tasks) < 2 or "per_task" in stored) and stored.get("dtype", dtype) == dtype
             and stored.get("eval_batch_size") == EVAL_BATCH_SIZE and stored.get("num_val") == len(val)):
         return stored["no_adapter_val_kl"], stored.get("per_task")
     kl = lambda rows: no_adapter_kl(base, rows, pad_token_id=pad, batch_size=EVAL_BATCH_SIZE, loss_type=loss)  # noqa: E731
     per_task = {t: kl(val.select(rows)) for t, rows in tasks.items()} if len(tasks) > 1 else None
     value = sum(per_task[t] * len(rows) for t, rows in tasks.items()) / len(val) if per_task else kl(val)
     _keep(work_dir, REFERENCE_FILE, {"no_adapter_val_kl": value, "num_val": len(val), "eval_batch_size": EVAL_BATCH_SIZE,
-                                     **({"per_task": per_task} if per_task else {})})
+                                     "dtype": dtype, **({"per_task": per_task} if per_task else {})})
     return value, per_task
 
 
@@ -368,7 +391,8 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
                   teacher_dtype: str = "float32", student: str = "full", answer_check: int = 0,
                   select_on: str = "kl", model_and_tokenizer: tuple[Any, Any] | None = None,
                   teacher_only: bool = False, warmup_steps: int | None = None,
-                  task_options: dict[str, Any] | None = None, on_policy: float = 0.0) -> dict[str, Any]:
+                  task_options: dict[str, Any] | None = None, on_policy: float = 0.0,
+                  resume_from: str | None = None) -> dict[str, Any]:
     """Teacher answers (cached) -> distillation with a linear-decay schedule -> best adapter (lowest held-out KL).
 
     `init_from` warm-starts from an existing adapter of the same model (its slot counts, or more: `header`/`trailer`
@@ -381,6 +405,7 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
     `warmup_steps` (default 10, or one epoch when shorter) precede the linear decay to 0 at `max_steps`.
     `on_policy` > 0 trains that share of the rows on the student's own greedy answers, scored by the teacher
     (:class:`~hf_kvpacket.training.OnPolicyCollator`); the validation KL stays on the teacher's answers.
+    `resume_from` (a folder written by `export_best(with_resume=True)`) continues that run exactly in this work dir.
     """
     from transformers import TrainingArguments
 
@@ -406,6 +431,11 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
                          "(their options are in each work dir's teacher/task_options.json): drop --task-option.")
     work_dir = work_dir or output.rstrip("/") + ".work"
     os.makedirs(work_dir, exist_ok=True)
+    rows_fingerprint = None
+    if resume_from is not None:
+        from .resume import restore_resume_checkpoint
+
+        rows_fingerprint, resume = restore_resume_checkpoint(resume_from, work_dir), True
     from ..hardware import resolve_dtype
 
     torch_dtype, teacher_torch_dtype = resolve_dtype(dtype), resolve_dtype(teacher_dtype)
@@ -433,6 +463,10 @@ def train_adapter(model: str, task: str, output: str, work_dir: str | None = Non
                              query_targets=query_weight > 0)
         teacher = build_teacher_dataset(base, tok, rows, os.path.join(work_dir, "teacher"), tcfg,
                                         progress=not no_progress)
+    if resume_from is not None:
+        from .resume import check_teacher_rows
+
+        check_teacher_rows(rows_fingerprint, _teacher_dir(teacher_from or work_dir), resume_from)
     if teacher_only:
         return {"teacher_rows": len(teacher), "teacher_dir": os.path.join(work_dir, "teacher")}
     if model_and_tokenizer is None:
