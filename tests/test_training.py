@@ -701,10 +701,9 @@ def test_a_resume_checkpoint_continues_a_run_exactly_in_a_new_work_dir(tmp_path,
     monkeypatch.setattr(PacketDistillationTrainer, "training_step", lambda self, *a, **k: steps.append(1) or step(self, *a, **k))
     train_adapter(output=str(tmp_path / "b"), work_dir=str(tmp_path / "b.work"), resume_from=str(kept), **common)
     assert len(steps) == 2 * common["grad_accum"]
-    for name in ("adapter_model.safetensors",):
-        a = load_file(work / "checkpoints" / "checkpoint-3" / name)
-        b = load_file(tmp_path / "b.work" / "checkpoints" / "checkpoint-3" / name)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a = load_file(work / "checkpoints" / "checkpoint-3" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "b.work" / "checkpoints" / "checkpoint-3" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     opt_a = torch.load(work / "checkpoints" / "checkpoint-3" / "optimizer.pt")["state"]
     opt_b = torch.load(tmp_path / "b.work" / "checkpoints" / "checkpoint-3" / "optimizer.pt")["state"]
     assert all(torch.equal(opt_a[k]["exp_avg"], opt_b[k]["exp_avg"]) for k in opt_a)

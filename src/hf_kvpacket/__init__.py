@@ -26,9 +26,9 @@ from .errors import (
     FingerprintMismatchError,
     KVPacketError,
     OfflineAssetError,
-    ResumeCheckpointError,
     PacketStoreError,
     RerotationGateError,
+    ResumeCheckpointError,
     UnsupportedModelError,
 )
 from .fingerprint import model_fingerprint

@@ -21,10 +21,10 @@ from typing import Sequence
 
 from ..config import CONFIG_NAME, WEIGHTS_NAME
 from ..errors import ResumeCheckpointError
+from .teacher import rows_fingerprint
 
 MANIFEST = "resume.json"
 BEST_ADAPTER = "best_adapter"
-ROWS_FINGERPRINT = "rows_fingerprint.txt"  # written by teacher.build_teacher_dataset beside the rows
 
 
 def export_resume_checkpoint(work_dir: str, checkpoint: str, best: str | None, dest_parent: str,
@@ -47,14 +47,9 @@ def export_resume_checkpoint(work_dir: str, checkpoint: str, best: str | None, d
         os.makedirs(os.path.join(dest, BEST_ADAPTER))
         for f in (CONFIG_NAME, WEIGHTS_NAME):
             shutil.copyfile(os.path.join(best, f), os.path.join(dest, BEST_ADAPTER, f))
-    fingerprint = None
-    rows = os.path.join(work_dir, "teacher", ROWS_FINGERPRINT)
-    if os.path.isfile(rows):
-        with open(rows) as f:
-            fingerprint = f.read().strip()
     with open(os.path.join(dest, MANIFEST), "w") as f:
-        json.dump({"checkpoint": name, "best": best_name, "references": kept, "rows_fingerprint": fingerprint}, f,
-                  indent=1)
+        json.dump({"checkpoint": name, "best": best_name, "references": kept,
+                   "rows_fingerprint": rows_fingerprint(os.path.join(work_dir, "teacher"))}, f, indent=1)
     return dest
 
 
@@ -89,8 +84,7 @@ def check_teacher_rows(expected: str | None, teacher_dir: str, src: str) -> None
     """Refuse to resume a run over other teacher rows than those it trained on (same ids and settings)."""
     if expected is None:
         return
-    path = os.path.join(teacher_dir, ROWS_FINGERPRINT)
-    found = open(path).read().strip() if os.path.isfile(path) else None
+    found = rows_fingerprint(teacher_dir)
     if found != expected:
         raise ResumeCheckpointError(
             f"{src} was trained on teacher rows {expected}, but {teacher_dir} holds rows {found}: rebuild them with the "

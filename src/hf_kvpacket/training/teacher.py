@@ -17,6 +17,18 @@ from tqdm.auto import tqdm
 from ..prompt import PromptTemplate
 
 
+ROWS_FINGERPRINT = "rows_fingerprint.txt"  # beside the rows: a hash of their ids and the teacher's settings
+
+
+def rows_fingerprint(teacher_dir: str) -> str | None:
+    """The fingerprint of the teacher rows in `teacher_dir` (`None` where none were built)."""
+    path = os.path.join(teacher_dir, ROWS_FINGERPRINT)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return f.read().strip()
+
+
 @dataclass
 class TeacherConfig:
     """How teacher answers are produced."""
@@ -127,14 +139,12 @@ def build_teacher_dataset(
     if not cfg.query_targets:  # work dirs made before the option existed keep their fingerprint
         settings.pop("query_targets")
     fingerprint = hashlib.sha256(json.dumps([list(rows["id"]), settings]).encode()).hexdigest()[:16]
-    marker = os.path.join(out_dir, "rows_fingerprint.txt")
-    if os.path.exists(marker):
-        with open(marker) as f:
-            if f.read().strip() != fingerprint:
-                raise ValueError(f"{out_dir} holds teacher answers for other rows or settings; use another work dir.")
-    else:
-        with open(marker, "w") as f:
+    stored = rows_fingerprint(out_dir)
+    if stored is None:
+        with open(os.path.join(out_dir, ROWS_FINGERPRINT), "w") as f:
             f.write(fingerprint)
+    elif stored != fingerprint:
+        raise ValueError(f"{out_dir} holds teacher answers for other rows or settings; use another work dir.")
     with open(os.path.join(out_dir, "teacher_config.json"), "w") as f:
         json.dump(settings, f, indent=2)
     n = len(rows)
